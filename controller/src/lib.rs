@@ -1,0 +1,1 @@
+//! kube-rs controller turning VirtualMachine resources into launcher pods: arrives with later issues.

@@ -1,0 +1,140 @@
+/*
+ * Kiln test guest init (/init in the initramfs, /sbin/init on the rootfs).
+ *
+ * Prints the boot marker, signals the VMM's boot timer, reports the online CPUs, then does
+ * what `kiln.action=` on the kernel command line asks:
+ *   poweroff (default)  write 0 to the VMM's debug-exit port 0xf4 (kiln-vmm exits 0)
+ *   exit:N              write N to the debug-exit port (kiln-vmm exits N)
+ *   reboot              reboot through the kernel (i8042 reset; kiln-vmm exits 0)
+ *   panic               exit, so the kernel panics ("Attempted to kill init!")
+ *   hold                stay up until the VMM is stopped
+ *   shell               run /bin/sh on the console (busybox images), power off when it ends
+ *
+ * A static C program rather than a shell script: on hosts that emulate guest ring-0 code every
+ * fork and exec costs seconds, and the marker should measure the kernel, not the shell.
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define BOOT_TIMER_ADDR 0xd0000000UL
+#define BOOT_TIMER_MAGIC 123
+#define DEBUG_EXIT_PORT 0xf4
+
+static void say(const char *s) { (void)!write(1, s, strlen(s)); }
+
+static void mount_fs(const char *type, const char *dir) {
+	mkdir(dir, 0755);
+	mount(type, dir, type, 0, NULL); /* already mounted (rootfs /dev): fine */
+}
+
+/* Reads a small file into buf without its trailing newline; "" when unreadable. */
+static const char *read_line(const char *path, char *buf, size_t len) {
+	int fd = open(path, O_RDONLY);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, len - 1);
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		n = 0;
+	buf[n] = 0;
+	buf[strcspn(buf, "\n")] = 0;
+	return buf;
+}
+
+static void signal_boot_timer(void) {
+	int fd = open("/dev/mem", O_RDWR | O_SYNC);
+	if (fd < 0)
+		return;
+	volatile uint8_t *p = mmap(NULL, 4096, PROT_WRITE, MAP_SHARED, fd, BOOT_TIMER_ADDR);
+	if (p != MAP_FAILED) {
+		*p = BOOT_TIMER_MAGIC;
+		munmap((void *)p, 4096);
+	}
+	close(fd);
+}
+
+static void power_off(int code) {
+	sync();
+	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	int fd = open("/dev/port", O_WRONLY);
+	uint8_t b = (uint8_t)code;
+	if (fd >= 0)
+		(void)!pwrite(fd, &b, 1, DEBUG_EXIT_PORT);
+	say("kiln-init: the VMM did not take the debug-exit port; halting\n");
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+static void run_shell(void) {
+	pid_t pid = fork();
+	if (pid == 0) {
+		setsid();
+		ioctl(0, TIOCSCTTY, 1);
+		execl("/bin/sh", "sh", "-l", (char *)NULL);
+		say("kiln-init: no /bin/sh in this image (use initramfs-busybox.cpio)\n");
+		_exit(127);
+	}
+	/* As PID 1, reap every orphan until the shell itself ends. */
+	while (pid > 0 && wait(NULL) != pid)
+		;
+}
+
+int main(void) {
+	char buf[4096], action[64] = "poweroff";
+
+	mount_fs("proc", "/proc");
+	read_line("/proc/uptime", buf, sizeof(buf));
+	buf[strcspn(buf, " ")] = 0;
+	say("KILN_GUEST_OK uptime=");
+	say(buf);
+	say("\n");
+
+	mount_fs("devtmpfs", "/dev");
+	mount_fs("sysfs", "/sys");
+	signal_boot_timer();
+	say("KILN_CPUS_ONLINE ");
+	say(read_line("/sys/devices/system/cpu/online", buf, sizeof(buf)));
+	say("\n");
+
+	read_line("/proc/cmdline", buf, sizeof(buf));
+	for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " "))
+		if (strncmp(tok, "kiln.action=", 12) == 0)
+			snprintf(action, sizeof(action), "%s", tok + 12);
+
+	if (strcmp(action, "poweroff") == 0)
+		power_off(0);
+	if (strncmp(action, "exit:", 5) == 0)
+		power_off(atoi(action + 5));
+	if (strcmp(action, "reboot") == 0) {
+		sync();
+		reboot(RB_AUTOBOOT);
+	}
+	if (strcmp(action, "panic") == 0) {
+		say("KILN_PANIC_REQUESTED\n");
+		return 1;
+	}
+	if (strcmp(action, "hold") == 0) {
+		say("KILN_HOLDING\n");
+		for (;;)
+			pause();
+	}
+	if (strcmp(action, "shell") == 0) {
+		say("Kiln guest shell: 'poweroff' or Ctrl-D ends the VM.\n");
+		run_shell();
+		power_off(0);
+	}
+	say("kiln-init: unknown kiln.action=");
+	say(action);
+	say("\n");
+	power_off(1);
+}

@@ -1,0 +1,44 @@
+//! Model-specific registers every vCPU starts with (a clean, firmware-like state).
+
+use kvm_bindings::kvm_msr_entry;
+
+pub const MSR_IA32_TSC: u32 = 0x10;
+pub const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+pub const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+pub const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const MSR_STAR: u32 = 0xc000_0081;
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+pub const MSR_CSTAR: u32 = 0xc000_0083;
+pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default memory type write-back.
+const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 0x6;
+
+fn entry(index: u32, data: u64) -> kvm_msr_entry {
+    kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }
+}
+
+/// The boot MSR values, before CPU-template adjustments.
+pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+    vec![
+        entry(MSR_IA32_SYSENTER_CS, 0),
+        entry(MSR_IA32_SYSENTER_ESP, 0),
+        entry(MSR_IA32_SYSENTER_EIP, 0),
+        entry(MSR_STAR, 0),
+        entry(MSR_CSTAR, 0),
+        entry(MSR_KERNEL_GS_BASE, 0),
+        entry(MSR_SYSCALL_MASK, 0),
+        entry(MSR_LSTAR, 0),
+        entry(MSR_IA32_TSC, 0),
+        entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
+    ]
+}

@@ -1,0 +1,14 @@
+//! Kiln's virtual machine monitor. Data flows one way: configuration types (`vmm_config`) →
+//! the whole VM description (`resources`) → `builder` → KVM state (`vstate`) and devices →
+//! `runtime`, which runs the vCPUs until the VM ends with a `vm_exit::VmExit`.
+
+pub mod arch;
+pub mod boot_loader;
+pub mod builder;
+pub mod cpu_template;
+pub mod device_manager;
+pub mod resources;
+pub mod runtime;
+pub mod vm_exit;
+pub mod vmm_config;
+pub mod vstate;

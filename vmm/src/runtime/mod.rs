@@ -1,0 +1,185 @@
+//! Running a built VM: vCPU threads, the event loop (exit requests, stop signals, console input,
+//! watchdog), and an orderly stop.
+
+mod console_input;
+mod signals;
+mod watchdog;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use thiserror::Error;
+use tracing::{info, warn};
+use vmm_sys_util::timerfd::TimerFd;
+
+use console_input::ConsoleInput;
+pub use console_input::TerminalMode;
+use signals::StopSignals;
+use watchdog::{kick, Watchdog, TICK};
+
+use crate::builder::BuiltVm;
+use crate::vm_exit::{ExitCoordinator, VmExit};
+use crate::vstate::vcpu_loop::{register_kick_handler, run_vcpu, VcpuContext, VcpuHealth};
+
+/// How long a stop waits for vCPU threads before giving up on them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("setting up the event loop: {0}")]
+    EventLoop(String),
+    #[error("spawning vCPU thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Exit requests, stop signals and watchdog ticks.
+struct Control {
+    exits: Arc<ExitCoordinator>,
+    signals: StopSignals,
+    watchdog: Option<(Watchdog, TimerFd)>,
+}
+
+impl MutEventSubscriber for Control {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.exits.event().as_raw_fd() {
+            let _ = self.exits.event().read();
+        } else if fd == self.signals.as_raw_fd() {
+            while let Some(sig) = self.signals.read() {
+                info!("received signal {sig}; stopping the VM");
+                self.exits.request(VmExit::Signal(sig));
+            }
+        } else if let Some((dog, timer)) = &mut self.watchdog {
+            if fd == timer.as_raw_fd() {
+                let _ = timer.wait();
+                if let Some(stuck) = dog.tick() {
+                    self.exits.request(stuck);
+                }
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut add = |fd: i32| {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                warn!("event loop: cannot watch fd {fd}: {e:?}");
+            }
+        };
+        add(self.exits.event().as_raw_fd());
+        add(self.signals.as_raw_fd());
+        if let Some((_, timer)) = &self.watchdog {
+            add(timer.as_raw_fd());
+        }
+    }
+}
+
+/// Runs `built` until it ends; returns why. `stuck_timeout` of `None` disables the watchdog.
+pub fn run_vm(
+    built: BuiltVm,
+    stuck_timeout: Option<Duration>,
+    start: Instant,
+) -> Result<VmExit, RunError> {
+    let ev_err = |e: &dyn std::fmt::Debug| RunError::EventLoop(format!("{e:?}"));
+    // Before any thread exists, so that every vCPU thread inherits the blocked stop signals.
+    let signals = StopSignals::install().map_err(|e| ev_err(&e))?;
+    register_kick_handler().map_err(|e| ev_err(&e))?;
+
+    let BuiltVm {
+        vm,
+        mem,
+        vcpus,
+        devices,
+        exits,
+        cmdline: _,
+    } = built;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<(JoinHandle<()>, Arc<VcpuHealth>)> = Vec::new();
+    for vcpu in vcpus {
+        let health = Arc::new(VcpuHealth::default());
+        let ctx = VcpuContext {
+            io: devices.io.clone(),
+            exits: exits.clone(),
+            stop: stop.clone(),
+            health: health.clone(),
+            mem: mem.clone(),
+            start,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.index))
+            .spawn(move || run_vcpu(vcpu, ctx))
+            .map_err(RunError::Spawn)?;
+        threads.push((handle, health));
+    }
+
+    let watchdog = match stuck_timeout {
+        Some(timeout) => {
+            let mut timer = TimerFd::new().map_err(|e| ev_err(&e))?;
+            timer.reset(TICK, Some(TICK)).map_err(|e| ev_err(&e))?;
+            let vcpus = threads
+                .iter()
+                .map(|(h, health)| (health.clone(), h.as_pthread_t()))
+                .collect();
+            Some((Watchdog::new(timeout, start, vcpus), timer))
+        }
+        None => None,
+    };
+    let control: Subscriber = Arc::new(Mutex::new(Control {
+        exits: exits.clone(),
+        signals,
+        watchdog,
+    }));
+    let mut em = EventManager::<Subscriber>::new().map_err(|e| ev_err(&e))?;
+    em.add_subscriber(control);
+    if let Ok(console) = ConsoleInput::new(devices.serial.clone()) {
+        em.add_subscriber(Arc::new(Mutex::new(console)));
+    }
+
+    let outcome = loop {
+        if let Some(outcome) = exits.outcome() {
+            break outcome;
+        }
+        if let Err(e) = em.run() {
+            warn!("event loop: {e:?}");
+            break VmExit::VcpuFailure(format!("event loop failed: {e:?}"));
+        }
+    };
+
+    stop_vcpus(&stop, threads);
+    drop(vm);
+    Ok(outcome.classify(&mem))
+}
+
+/// Asks every vCPU thread to stop, kicking until it leaves KVM_RUN, and joins those that do.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<(JoinHandle<()>, Arc<VcpuHealth>)>) {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut remaining = threads;
+    while !remaining.is_empty() && Instant::now() < deadline {
+        for (h, _) in &remaining {
+            if !h.is_finished() {
+                kick(h.as_pthread_t());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        let (done, running): (Vec<_>, Vec<_>) =
+            remaining.into_iter().partition(|(h, _)| h.is_finished());
+        for (h, _) in done {
+            let _ = h.join();
+        }
+        remaining = running;
+    }
+    if !remaining.is_empty() {
+        warn!(
+            "{} vCPU thread(s) did not leave KVM_RUN within {:?}; exiting without them",
+            remaining.len(),
+            STOP_GRACE
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Validated configuration types, one per resource a user configures (Firecracker's
+//! `vmm_config/` shape); the CLI today and the HTTP API later both produce these.
+
+pub mod boot_source;
+pub mod machine_config;
+pub mod serial;
+
+pub use boot_source::{BootSourceConfig, BootSourceError};
+pub use machine_config::{MachineConfig, MachineConfigError};
+pub use serial::SerialConfig;
