@@ -1,1 +1,66 @@
-//! Helpers shared by Kiln's end-to-end tests and benchmarks.
+//! Helpers shared by Kiln's end-to-end tests and benchmarks: where the guest artefacts and the
+//! kiln-vmm binary are, running a VMM with timestamped output, and tiny hand-made guests.
+
+pub mod process;
+pub mod tiny_guest;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The kiln-vmm binary: `$KILN_VMM`, else `target/release/kiln-vmm`, else `target/debug/kiln-vmm`.
+pub fn kiln_vmm() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_VMM") {
+        return PathBuf::from(p);
+    }
+    let root = workspace_root();
+    for profile in ["release", "debug"] {
+        let p = root.join("target").join(profile).join("kiln-vmm");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("kiln-vmm is not built: run `cargo build --release -p vmm` or set KILN_VMM");
+}
+
+/// Folder with the guest artefacts (vmlinux, bzImage, initramfs.cpio, ...): `$KILN_GUEST_DIR`,
+/// else whatever `resources/guest/build.sh` prints (it builds once, then answers from cache).
+pub fn guest_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(p) = std::env::var_os("KILN_GUEST_DIR") {
+            return PathBuf::from(p);
+        }
+        let script = workspace_root().join("resources/guest/build.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// A unique scratch folder for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// Whether the host's KVM is the nested kvm_pvm module (guest ring 0 runs in an emulator).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").is_dir()
+}

@@ -1,0 +1,258 @@
+//! kiln-bench: boot-latency benchmarks that print a table.
+//!
+//!   kiln-bench boot    [--runs N] [--qemu PATH]   kiln-vmm vs QEMU microvm, alternating
+//!   kiln-bench startup [--runs N]                 kiln-vmm process start -> first guest instruction
+//!
+//! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
+//! target/. Runs alternate so that a noisy shared machine affects both sides alike.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_tests::process::VmmRun;
+use kiln_tests::{guest_dir, kiln_vmm};
+
+const MARKER: &str = "KILN_GUEST_OK";
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
+const USER_CMDLINE: &str = "console=ttyS0 quiet";
+
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let median = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (s[0], median, s[s.len() - 1])
+}
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn kiln_args(g: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "--kernel".to_string(),
+        g.join("vmlinux").display().to_string(),
+        "--initrd".into(),
+        g.join("initramfs.cpio").display().to_string(),
+        "--cmdline".into(),
+        USER_CMDLINE.into(),
+        "--mem".into(),
+        "128".into(),
+        "--vcpus".into(),
+        "1".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// The complete command line kiln-vmm gives the guest, so QEMU can get exactly the same.
+fn full_cmdline(kiln: &Path, g: &Path) -> String {
+    let out = Command::new(kiln)
+        .args(kiln_args(g, &["--print-cmdline"]))
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", kiln.display()));
+    assert!(out.status.success(), "kiln-vmm --print-cmdline failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct BootSample {
+    marker: f64,
+    exit: f64,
+    first_insn_ms: Option<f64>,
+}
+
+/// One boot: seconds from spawn to the marker and to process exit.
+fn boot_once(program: &Path, args: &[String], t_spawn_mono: &mut f64) -> BootSample {
+    *t_spawn_mono = monotonic();
+    let mut run = VmmRun::spawn(program, args);
+    let marker = run.wait_for_line(MARKER, BOOT_LIMIT).unwrap_or_else(|| {
+        panic!(
+            "{} never printed {MARKER}:\n{}",
+            program.display(),
+            run.transcript()
+        )
+    });
+    run.wait_exit(Duration::from_secs(120));
+    let exit = run.spawned.elapsed().as_secs_f64();
+    let first_insn_ms = run
+        .seen
+        .iter()
+        .find_map(|l| parse_monotonic(&l.text))
+        .map(|m| (m - *t_spawn_mono) * 1e3);
+    BootSample {
+        marker: marker.at.as_secs_f64(),
+        exit,
+        first_insn_ms,
+    }
+}
+
+/// The CLOCK_MONOTONIC stamp in kiln-vmm's "first guest instruction" log line.
+fn parse_monotonic(line: &str) -> Option<f64> {
+    if !line.contains("first guest instruction") {
+        return None;
+    }
+    let rest = line.split("CLOCK_MONOTONIC ").nth(1)?;
+    rest.trim_end_matches([')', ' ', 's'])
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn vmm_reported_ms(line: &str) -> Option<f64> {
+    let rest = line.split("first guest instruction ").nth(1)?;
+    rest.split(" ms").next()?.parse().ok()
+}
+
+fn bench_boot(args: &[String]) {
+    let runs: usize = arg_value(args, "--runs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let qemu =
+        PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
+    let kiln = kiln_vmm();
+    let g = guest_dir();
+    let cmdline = full_cmdline(&kiln, g);
+    let k_args = kiln_args(g, &["--serial-out", "stdout"]);
+    // QEMU 7.2 cannot set IA32_ARCH_CAPABILITIES on this host's KVM with plain `-cpu host`.
+    let q_args: Vec<String> = [
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-M",
+        "microvm,acpi=off",
+        "-m",
+        "128",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        &g.join("vmlinux").display().to_string(),
+        "-initrd",
+        &g.join("initramfs.cpio").display().to_string(),
+        "-append",
+        &cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+
+    println!("guest: {}", g.display());
+    println!("command line (both): {cmdline}");
+    let (mut k, mut q) = (Vec::new(), Vec::new());
+    let mut t0 = 0.0;
+    for i in 0..runs {
+        let s = boot_once(&kiln, &k_args, &mut t0);
+        println!(
+            "run {}: kiln-vmm marker {:.2} s, exit {:.2} s",
+            i + 1,
+            s.marker,
+            s.exit
+        );
+        k.push(s);
+        let s = boot_once(&qemu, &q_args, &mut t0);
+        println!(
+            "run {}: qemu     marker {:.2} s, exit {:.2} s",
+            i + 1,
+            s.marker,
+            s.exit
+        );
+        q.push(s);
+    }
+    let row = |name: &str, v: &[BootSample]| {
+        let (a, b, c) = stats(&v.iter().map(|s| s.marker).collect::<Vec<_>>());
+        let (_, e, _) = stats(&v.iter().map(|s| s.exit).collect::<Vec<_>>());
+        println!("| {name:<22} | {a:>7.2} | {b:>7.2} | {c:>7.2} | {e:>8.2} |");
+        b
+    };
+    println!();
+    println!("Process start to user-space marker, {runs} runs each, alternating (seconds)");
+    println!(
+        "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} |",
+        "VMM", "min", "median", "max", "exit med"
+    );
+    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|", "", "", "", "", "");
+    let km = row("kiln-vmm", &k);
+    let qm = row("QEMU -M microvm", &q);
+    println!();
+    println!("median ratio kiln/QEMU: {:.3}", km / qm);
+    let fi: Vec<f64> = k.iter().filter_map(|s| s.first_insn_ms).collect();
+    if !fi.is_empty() {
+        let (a, b, c) = stats(&fi);
+        println!("kiln-vmm process start -> first guest instruction: min {a:.2} / median {b:.2} / max {c:.2} ms");
+    }
+}
+
+fn bench_startup(args: &[String]) {
+    let runs: usize = arg_value(args, "--runs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let kiln = kiln_vmm();
+    let g = guest_dir();
+    let k_args = kiln_args(g, &["--serial-out", "none"]);
+    let (mut external, mut internal) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t0 = monotonic();
+        let mut run = VmmRun::spawn(&kiln, &k_args);
+        let line = run
+            .wait_for_line("first guest instruction", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no first-instruction line:\n{}", run.transcript()));
+        run.signal(libc::SIGTERM);
+        run.wait_exit(Duration::from_secs(5));
+        if let Some(m) = parse_monotonic(&line.text) {
+            external.push((m - t0) * 1e3);
+        }
+        if let Some(ms) = vmm_reported_ms(&line.text) {
+            internal.push(ms);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "kiln-vmm start-up, {runs} runs (vmlinux + initramfs.cpio, 128 MiB, 1 vCPU; milliseconds)"
+    );
+    println!(
+        "| {:<46} | {:>6} | {:>6} | {:>6} |",
+        "interval", "min", "median", "max"
+    );
+    println!("|{:-<48}|{:->8}|{:->8}|{:->8}|", "", "", "", "");
+    for (name, v) in [
+        ("spawn (fork+exec) -> first guest instruction", &external),
+        ("main() -> first guest instruction", &internal),
+    ] {
+        let (a, b, c) = stats(v);
+        println!("| {name:<46} | {a:>6.2} | {b:>6.2} | {c:>6.2} |");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("boot") => bench_boot(&args[1..]),
+        Some("startup") => bench_startup(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: kiln-bench boot [--runs N] [--qemu PATH] | kiln-bench startup [--runs N]"
+            );
+            std::process::exit(2);
+        }
+    }
+}

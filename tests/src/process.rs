@@ -1,0 +1,175 @@
+//! Running kiln-vmm as a child process: output lines with arrival times, waiting for a line,
+//! signals and timeouts. A run that is dropped kills its own child (by pid) and reaps it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Which stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub stream: Stream,
+    /// Time since the process was spawned.
+    pub at: Duration,
+    pub text: String,
+}
+
+pub struct VmmRun {
+    child: Child,
+    pub spawned: Instant,
+    lines: Receiver<Line>,
+    /// Every line received so far.
+    pub seen: Vec<Line>,
+    status: Option<ExitStatus>,
+}
+
+fn pump(
+    stream: impl Read + Send + 'static,
+    kind: Stream,
+    start: Instant,
+    tx: std::sync::mpsc::Sender<Line>,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if tx
+                        .send(Line {
+                            stream: kind,
+                            at: start.elapsed(),
+                            text,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl VmmRun {
+    /// Spawns `program` with `args`, stdin from /dev/null, stdout and stderr captured.
+    pub fn spawn(program: &Path, args: &[String]) -> VmmRun {
+        let spawned = Instant::now();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        let (tx, rx) = channel();
+        if let Some(out) = child.stdout.take() {
+            pump(out, Stream::Stdout, spawned, tx.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            pump(err, Stream::Stderr, spawned, tx);
+        }
+        VmmRun {
+            child,
+            spawned,
+            lines: rx,
+            seen: Vec::new(),
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until a line containing `needle` arrives; `None` on timeout or end of output.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Option<Line> {
+        if let Some(l) = self.seen.iter().find(|l| l.text.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.text.contains(needle);
+                    self.seen.push(line);
+                    if hit {
+                        return self.seen.last().cloned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit (collecting its remaining output); `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.status = Some(status);
+                // The pumps end at EOF; collect what is left.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return Some(status);
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// All output so far, for assertion messages.
+    pub fn transcript(&self) -> String {
+        self.seen
+            .iter()
+            .map(|l| format!("{:8.3} {:?} {}", l.at.as_secs_f64(), l.stream, l.text))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The stderr lines so far, joined.
+    pub fn stderr(&self) -> String {
+        self.seen
+            .iter()
+            .filter(|l| l.stream == Stream::Stderr)
+            .map(|l| l.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for VmmRun {
+    fn drop(&mut self) {
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Bad input to kiln-vmm: each case must end with a clear error within a second and leave
+//! nothing running.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_tests::process::VmmRun;
+use kiln_tests::{guest_dir, kiln_vmm, scratch_dir, tiny_guest};
+
+const LIMIT: Duration = Duration::from_secs(1);
+
+/// Runs kiln-vmm with `args`, expects exit status `code` within a second and `needle` in stderr.
+fn expect_error(args: &[&str], code: i32, needle: &str) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
+    let status = run
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("kiln-vmm {args:?} still running after 10 s"));
+    let took = run.spawned.elapsed();
+    assert_eq!(status.code(), Some(code), "{args:?}:\n{}", run.transcript());
+    assert!(
+        run.stderr().contains(needle),
+        "{args:?}: stderr lacks {needle:?}:\n{}",
+        run.transcript()
+    );
+    assert!(took < LIMIT, "{args:?} took {took:?}");
+    assert!(
+        !any_process_mentions(&args.join(" ")),
+        "a process with these arguments is still running"
+    );
+}
+
+/// Whether any live process has exactly this argument string (catches leftovers by pid scan).
+fn any_process_mentions(joined_args: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let text = String::from_utf8_lossy(&c).replace('\0', " ");
+                text.contains("kiln-vmm") && text.contains(joined_args)
+            })
+            .unwrap_or(false)
+    })
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p: PathBuf = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn missing_kernel() {
+    expect_error(
+        &["--kernel", "/nonexistent/kiln/vmlinux"],
+        1,
+        "cannot open kernel image /nonexistent/kiln/vmlinux: No such file or directory",
+    );
+}
+
+#[test]
+fn garbage_kernel() {
+    let dir = scratch_dir("garbage");
+    let k = write(&dir, "garbage", &[0x5a; 64 * 1024]);
+    expect_error(&["--kernel", &k], 1, "is not a Linux kernel");
+}
+
+#[test]
+fn kernel_that_is_not_x86_64_elf() {
+    let dir = scratch_dir("foreign");
+    let k = write(&dir, "aarch64.elf", &tiny_guest::foreign_elf(183));
+    expect_error(
+        &["--kernel", &k],
+        1,
+        "not an x86_64 kernel: machine type 183",
+    );
+    // A host program is an x86_64 ELF, but a position-independent one, not a kernel.
+    expect_error(
+        &["--kernel", "/bin/true"],
+        1,
+        "not an x86_64 kernel: ELF type 3",
+    );
+}
+
+#[test]
+fn memory_too_small() {
+    let k = guest_dir().join("vmlinux").display().to_string();
+    expect_error(
+        &["--kernel", &k, "--mem", "4"],
+        1,
+        "guest memory must be at least 8 MiB",
+    );
+    expect_error(
+        &["--kernel", &k, "--mem", "12"],
+        1,
+        "guest memory too small: the kernel needs memory up to",
+    );
+}
+
+#[test]
+fn memory_larger_than_the_host() {
+    let k = guest_dir().join("vmlinux").display().to_string();
+    expect_error(
+        &["--kernel", &k, "--mem", "100000000"],
+        1,
+        "is more than this host has",
+    );
+}
+
+#[test]
+fn over_long_command_line() {
+    let k = guest_dir().join("vmlinux").display().to_string();
+    let long = "a".repeat(3000);
+    expect_error(&["--kernel", &k, "--cmdline", &long], 1, "at most 2048");
+    // Fits alone, but not with the platform and CPU-template options in front of it.
+    let almost = "b".repeat(2040);
+    expect_error(
+        &["--kernel", &k, "--cmdline", &almost],
+        1,
+        "full guest command line",
+    );
+}
+
+#[test]
+fn initrd_larger_than_guest_memory() {
+    let dir = scratch_dir("big-initrd");
+    let initrd = dir.join("initrd.big");
+    let f = std::fs::File::create(&initrd).unwrap();
+    f.set_len(256 << 20).unwrap(); // sparse: costs no disk
+    let k = guest_dir().join("vmlinux").display().to_string();
+    expect_error(
+        &[
+            "--kernel",
+            &k,
+            "--initrd",
+            &initrd.display().to_string(),
+            "--mem",
+            "128",
+        ],
+        1,
+        "does not fit in guest memory (128 MiB)",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_vcpu_count_and_template() {
+    let k = guest_dir().join("vmlinux").display().to_string();
+    expect_error(&["--kernel", &k, "--vcpus", "0"], 2, "0 is not in 1..=32");
+    expect_error(&["--kernel", &k, "--vcpus", "33"], 2, "33 is not in 1..=32");
+    expect_error(
+        &["--kernel", &k, "--cpu-template", "no-such"],
+        1,
+        "unknown CPU template \"no-such\"",
+    );
+    let dir = scratch_dir("template");
+    let t = write(&dir, "bad.json", br#"{"cpuid_modifiers": [{"leaf": "0x1", "modifiers": [{"register": "eax", "bitmap": "0b1"}]}]}"#);
+    expect_error(&["--kernel", &k, "--cpu-template", &t], 1, "expected 32");
+}
