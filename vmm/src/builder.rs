@@ -11,6 +11,7 @@ use tracing::{debug, info};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::boot::{self, BootInfoError};
+use crate::arch::x86_64::cpuid::HostCpuid;
 use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::regs::EntryMode;
@@ -189,9 +190,11 @@ pub fn build_vm(res: &VmResources, start: Instant) -> Result<BuiltVm, BuildError
         .kvm()
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(VmError::SupportedCpuid)?;
+    let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let boot_cfg = VcpuBootConfig {
         mem: &mem,
         supported_cpuid: &supported_cpuid,
+        host: HostCpuid::detect(tsc_deadline),
         template: template.as_ref(),
         vcpu_count: mc.vcpu_count,
         mode: kernel.mode,

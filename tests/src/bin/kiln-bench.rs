@@ -2,6 +2,7 @@
 //!
 //!   kiln-bench boot    [--runs N] [--qemu PATH]   kiln-vmm vs QEMU microvm, alternating
 //!   kiln-bench startup [--runs N]                 kiln-vmm process start -> first guest instruction
+//!   kiln-bench overhead [--runs N] [--qemu PATH]  whole-VMM cost: spawn -> tiny guest exits -> reaped
 //!
 //! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
 //! target/. Runs alternate so that a noisy shared machine affects both sides alike.
@@ -73,6 +74,8 @@ fn full_cmdline(kiln: &Path, g: &Path) -> String {
 
 struct BootSample {
     marker: f64,
+    /// Guest uptime printed in the marker: time since the guest kernel's clock started.
+    uptime: Option<f64>,
     exit: f64,
     first_insn_ms: Option<f64>,
 }
@@ -95,8 +98,15 @@ fn boot_once(program: &Path, args: &[String], t_spawn_mono: &mut f64) -> BootSam
         .iter()
         .find_map(|l| parse_monotonic(&l.text))
         .map(|m| (m - *t_spawn_mono) * 1e3);
+    let uptime = marker
+        .text
+        .split("uptime=")
+        .nth(1)
+        .and_then(|u| u.split_whitespace().next())
+        .and_then(|u| u.parse().ok());
     BootSample {
         marker: marker.at.as_secs_f64(),
+        uptime,
         exit,
         first_insn_ms,
     }
@@ -181,16 +191,19 @@ fn bench_boot(args: &[String]) {
     let row = |name: &str, v: &[BootSample]| {
         let (a, b, c) = stats(&v.iter().map(|s| s.marker).collect::<Vec<_>>());
         let (_, e, _) = stats(&v.iter().map(|s| s.exit).collect::<Vec<_>>());
-        println!("| {name:<22} | {a:>7.2} | {b:>7.2} | {c:>7.2} | {e:>8.2} |");
+        let up: Vec<f64> = v.iter().filter_map(|s| s.uptime).collect();
+        let up = if up.is_empty() { f64::NAN } else { stats(&up).1 };
+        println!("| {name:<22} | {a:>7.2} | {b:>7.2} | {c:>7.2} | {e:>8.2} | {up:>12.2} |");
         b
     };
     println!();
-    println!("Process start to user-space marker, {runs} runs each, alternating (seconds)");
+    println!("Process start to user-space marker, {runs} runs each, alternating (seconds);");
+    println!("'guest up' is the guest's own uptime at the marker (time since its kernel clock started)");
     println!(
-        "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} |",
-        "VMM", "min", "median", "max", "exit med"
+        "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} | {:>12} |",
+        "VMM", "min", "median", "max", "exit med", "guest up med"
     );
-    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|", "", "", "", "", "");
+    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|{:->14}|", "", "", "", "", "", "");
     let km = row("kiln-vmm", &k);
     let qm = row("QEMU -M microvm", &q);
     println!();
@@ -243,11 +256,54 @@ fn bench_startup(args: &[String]) {
     }
 }
 
+/// VMM overhead: a guest whose first instruction writes the debug-exit port. Spawn to reaped
+/// process is then all VMM (and, for QEMU, firmware) time; alternating kiln-vmm and QEMU.
+fn bench_overhead(args: &[String]) {
+    let runs: usize = arg_value(args, "--runs").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let qemu = PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
+    let kiln = kiln_vmm();
+    let dir = kiln_tests::scratch_dir("bench-overhead");
+    let elf = dir.join("exit0.elf");
+    std::fs::write(&elf, kiln_tests::tiny_guest::pvh_elf(&kiln_tests::tiny_guest::debug_exit(0)))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", elf.display()));
+    let elf = elf.display().to_string();
+    let k_args: Vec<String> = ["--kernel", &elf, "--mem", "128", "--serial-out", "none"]
+        .iter().map(|s| s.to_string()).collect();
+    let q_args: Vec<String> = [
+        "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", "microvm,acpi=off", "-m", "128",
+        "-smp", "1", "-nographic", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel", &elf,
+    ].iter().map(|s| s.to_string()).collect();
+    let time = |program: &Path, a: &[String]| {
+        let mut run = VmmRun::spawn(program, a);
+        run.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{} did not exit:\n{}", program.display(), run.transcript()));
+        run.spawned.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut k, mut q) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        k.push(time(&kiln, &k_args));
+        q.push(time(&qemu, &q_args));
+    }
+    println!("VMM overhead: spawn -> guest writes the exit port at its first instruction -> process reaped");
+    println!("{runs} runs each, alternating; 128 MiB, 1 vCPU (milliseconds)");
+    println!("| {:<22} | {:>7} | {:>7} | {:>7} |", "VMM", "min", "median", "max");
+    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|", "", "", "", "");
+    for (name, v) in [("kiln-vmm", &k), ("QEMU -M microvm", &q)] {
+        let (a, b, c) = stats(v);
+        println!("| {name:<22} | {a:>7.1} | {b:>7.1} | {c:>7.1} |");
+    }
+    println!();
+    println!("median ratio kiln/QEMU: {:.3}", stats(&k).1 / stats(&q).1);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("boot") => bench_boot(&args[1..]),
         Some("startup") => bench_startup(&args[1..]),
+        Some("overhead") => bench_overhead(&args[1..]),
         _ => {
             eprintln!(
                 "usage: kiln-bench boot [--runs N] [--qemu PATH] | kiln-bench startup [--runs N]"

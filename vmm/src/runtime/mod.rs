@@ -161,19 +161,20 @@ fn stop_vcpus(stop: &AtomicBool, threads: Vec<(JoinHandle<()>, Arc<VcpuHealth>)>
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_GRACE;
     let mut remaining = threads;
-    while !remaining.is_empty() && Instant::now() < deadline {
-        for (h, _) in &remaining {
-            if !h.is_finished() {
-                kick(h.as_pthread_t());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    loop {
         let (done, running): (Vec<_>, Vec<_>) =
             remaining.into_iter().partition(|(h, _)| h.is_finished());
         for (h, _) in done {
             let _ = h.join();
         }
         remaining = running;
+        if remaining.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for (h, _) in &remaining {
+            kick(h.as_pthread_t());
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     if !remaining.is_empty() {
         warn!(

@@ -7,6 +7,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::vm::Vm;
 use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
+use crate::arch::x86_64::cpuid::HostCpuid;
 use crate::arch::x86_64::{cpuid, interrupts, msr};
 use crate::cpu_template::CpuTemplate;
 
@@ -44,6 +45,7 @@ pub enum VcpuError {
 pub struct VcpuBootConfig<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub supported_cpuid: &'a CpuId,
+    pub host: HostCpuid,
     pub template: Option<&'a CpuTemplate>,
     pub vcpu_count: u8,
     pub mode: EntryMode,
@@ -68,7 +70,7 @@ impl Vcpu {
     pub fn configure(&self, cfg: &VcpuBootConfig) -> Result<(), VcpuError> {
         let index = self.index;
         let mut cpuid_entries = cfg.supported_cpuid.clone();
-        cpuid::normalize(cpuid_entries.as_mut_slice(), index, cfg.vcpu_count);
+        cpuid::normalize(cpuid_entries.as_mut_slice(), index, cfg.vcpu_count, &cfg.host);
         if let Some(t) = cfg.template {
             t.apply_cpuid(cpuid_entries.as_mut_slice());
         }
@@ -76,7 +78,7 @@ impl Vcpu {
             .set_cpuid2(&cpuid_entries)
             .map_err(|source| VcpuError::SetCpuid { index, source })?;
 
-        self.set_boot_msrs(cfg.template)?;
+        self.set_boot_msrs(cfg.template, cpuid::is_amd(cpuid_entries.as_slice()))?;
 
         let regs_err = |source| VcpuError::Regs { index, source };
         if index == 0 {
@@ -87,9 +89,9 @@ impl Vcpu {
         interrupts::set_lint(&self.fd).map_err(|source| VcpuError::Lapic { index, source })
     }
 
-    fn set_boot_msrs(&self, template: Option<&CpuTemplate>) -> Result<(), VcpuError> {
+    fn set_boot_msrs(&self, template: Option<&CpuTemplate>, amd: bool) -> Result<(), VcpuError> {
         let index = self.index;
-        let mut entries = msr::boot_msrs();
+        let mut entries = msr::boot_msrs(amd);
         if let Some(t) = template {
             t.apply_msrs(&mut entries, |msr_index| {
                 self.read_msr(msr_index).unwrap_or(0)

@@ -1,5 +1,6 @@
 //! Per-vCPU CPUID: KVM's supported set with this vCPU's APIC ID and the VM's topology
-//! (one socket, one thread per core, `vcpu_count` cores).
+//! (one socket, one thread per core, `vcpu_count` cores), the host's brand string, the
+//! TSC-deadline timer when KVM has it, and no KVM hints Kiln cannot honour.
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -11,6 +12,38 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+const LEAF_BRAND_FIRST: u32 = 0x8000_0002;
+const LEAF_BRAND_LAST: u32 = 0x8000_0004;
+
+/// Host facts that shape the guest's CPUID.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostCpuid {
+    /// KVM can emulate the LAPIC TSC-deadline timer (it is not in KVM's supported CPUID).
+    pub tsc_deadline: bool,
+    /// The host's processor brand string (CPUID 0x80000002..4), 16 registers.
+    pub brand: Option<[u32; 12]>,
+}
+
+impl HostCpuid {
+    /// Reads the brand string with the CPUID instruction.
+    pub fn detect(tsc_deadline: bool) -> HostCpuid {
+        let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+        let brand = (max_ext >= LEAF_BRAND_LAST).then(|| {
+            let mut regs = [0u32; 12];
+            for (i, leaf) in (LEAF_BRAND_FIRST..=LEAF_BRAND_LAST).enumerate() {
+                let r = std::arch::x86_64::__cpuid(leaf);
+                regs[i * 4..i * 4 + 4].copy_from_slice(&[r.eax, r.ebx, r.ecx, r.edx]);
+            }
+            regs
+        });
+        HostCpuid {
+            tsc_deadline,
+            brand,
+        }
+    }
+}
 
 /// Bits needed to number `count` cores (the x2APIC ID shift of the core level).
 fn core_shift(count: u8) -> u32 {
@@ -18,7 +51,7 @@ fn core_shift(count: u8) -> u32 {
 }
 
 /// Rewrites `entries` for vCPU `apic_id` of `vcpu_count`.
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8) {
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8, host: &HostCpuid) {
     let id = u32::from(apic_id);
     let count = u32::from(vcpu_count);
     for e in entries.iter_mut() {
@@ -26,6 +59,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8) 
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | ((count & 0xff) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if host.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if vcpu_count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -61,9 +97,25 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8) 
                     }
                 }
             }
+            // Hints (EDX) promise dedicated physical CPUs; Kiln does not pin vCPUs.
+            LEAF_KVM_FEATURES => e.edx = 0,
+            LEAF_BRAND_FIRST..=LEAF_BRAND_LAST => {
+                if let Some(brand) = host.brand {
+                    let i = (e.function - LEAF_BRAND_FIRST) as usize * 4;
+                    [e.eax, e.ebx, e.ecx, e.edx] = [brand[i], brand[i + 1], brand[i + 2], brand[i + 3]];
+                }
+            }
             _ => {}
         }
     }
+}
+
+/// Whether the CPUID vendor is AMD (leaf 0: "AuthenticAMD").
+pub fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
+    entries
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| [e.ebx, e.edx, e.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163])
 }
 
 #[cfg(test)]
@@ -82,7 +134,7 @@ mod tests {
     #[test]
     fn apic_ids_and_topology() {
         let mut e = vec![leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2)];
-        normalize(&mut e, 3, 4);
+        normalize(&mut e, 3, 4, &HostCpuid::default());
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_eq!(e[0].ebx & 0xffff, 0xbeef);
@@ -97,9 +149,34 @@ mod tests {
     fn single_vcpu_has_no_htt() {
         let mut e = vec![leaf(1, 0)];
         e[0].edx = EDX_HTT;
-        normalize(&mut e, 0, 1);
+        normalize(&mut e, 0, 1, &HostCpuid::default());
         assert_eq!(e[0].edx & EDX_HTT, 0);
         assert_eq!(core_shift(1), 0);
         assert_eq!(core_shift(3), 2);
+    }
+
+    #[test]
+    fn tsc_deadline_brand_and_hints() {
+        let mut e = vec![leaf(1, 0), leaf(LEAF_KVM_FEATURES, 0), leaf(LEAF_BRAND_FIRST, 0)];
+        e[1].edx = 1; // KVM_HINTS_REALTIME
+        let mut brand = [0u32; 12];
+        brand[0] = u32::from_le_bytes(*b"Kiln");
+        let host = HostCpuid {
+            tsc_deadline: true,
+            brand: Some(brand),
+        };
+        normalize(&mut e, 0, 1, &host);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(e[1].edx, 0);
+        assert_eq!(e[2].eax.to_le_bytes(), *b"Kiln");
+        assert!(!is_amd(&e));
+        let amd = kvm_cpuid_entry2 {
+            function: 0,
+            ebx: 0x6874_7541,
+            edx: 0x6974_6e65,
+            ecx: 0x444d_4163,
+            ..Default::default()
+        };
+        assert!(is_amd(&[amd]));
     }
 }

@@ -13,6 +13,10 @@ pub const MSR_LSTAR: u32 = 0xc000_0082;
 pub const MSR_CSTAR: u32 = 0xc000_0083;
 pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// AMD hardware configuration register.
+pub const MSR_K7_HWCR: u32 = 0xc001_0015;
+/// HWCR.TscFreqSel: the TSC counts at the P0 frequency, as an invariant TSC implies.
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
 
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRRs enabled, default memory type write-back.
@@ -26,9 +30,10 @@ fn entry(index: u32, data: u64) -> kvm_msr_entry {
     }
 }
 
-/// The boot MSR values, before CPU-template adjustments.
-pub fn boot_msrs() -> Vec<kvm_msr_entry> {
-    vec![
+/// The boot MSR values, before CPU-template adjustments. On AMD, HWCR.TscFreqSel is set, as
+/// firmware does (Linux warns "TSC doesn't count with P0 frequency" otherwise).
+pub fn boot_msrs(amd: bool) -> Vec<kvm_msr_entry> {
+    let mut msrs = vec![
         entry(MSR_IA32_SYSENTER_CS, 0),
         entry(MSR_IA32_SYSENTER_ESP, 0),
         entry(MSR_IA32_SYSENTER_EIP, 0),
@@ -40,5 +45,9 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
-    ]
+    ];
+    if amd {
+        msrs.push(entry(MSR_K7_HWCR, HWCR_TSC_FREQ_SEL));
+    }
+    msrs
 }
