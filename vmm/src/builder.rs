@@ -2,7 +2,7 @@
 //! command line, MP table, boot information, devices and configured vCPUs.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
@@ -55,8 +55,6 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("creating the exit notifier: {0}")]
     ExitEvent(std::io::Error),
-    #[error("VM setup thread failed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
-    SetupThread(Option<std::io::Error>),
 }
 
 /// A VM with everything set up, vCPUs not yet running.
@@ -103,9 +101,8 @@ fn step(name: &str, since: &mut Instant) {
     *since = Instant::now();
 }
 
-/// KVM VM with irqchip, PIT and memory slots (the slot ioctl alone can take milliseconds).
-fn create_vm(vcpu_count: u8, mem: &GuestMemoryMmap) -> Result<Vm, BuildError> {
-    let mut t = Instant::now();
+/// KVM VM with irqchip and PIT; memory slots come later, on their own thread.
+fn create_vm(vcpu_count: u8) -> Result<Vm, BuildError> {
     let vm = Vm::new()?;
     if usize::from(vcpu_count) > vm.max_vcpus() {
         return Err(BuildError::TooManyVcpus {
@@ -114,9 +111,6 @@ fn create_vm(vcpu_count: u8, mem: &GuestMemoryMmap) -> Result<Vm, BuildError> {
         });
     }
     vm.setup_platform()?;
-    step("create VM, irqchip and PIT", &mut t);
-    vm.register_memory(mem)?;
-    step("memory slots", &mut t);
     Ok(vm)
 }
 
@@ -152,6 +146,55 @@ fn load_guest(
     Ok(kernel)
 }
 
+/// Everything that needs the VM but not its memory slot: guest loading, devices, vCPUs.
+fn prepare_guest(
+    res: &VmResources,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    cmdline: &str,
+    template: Option<&CpuTemplate>,
+    start: Instant,
+) -> Result<
+    (
+        LoadedKernel,
+        PlatformDevices,
+        Vec<Vcpu>,
+        Arc<ExitCoordinator>,
+    ),
+    BuildError,
+> {
+    let mut t = Instant::now();
+    let mc = &res.machine_config;
+    let kernel = load_guest(res, mem, cmdline)?;
+
+    let exits = Arc::new(ExitCoordinator::new().map_err(BuildError::ExitEvent)?);
+    let devices = attach_platform_devices(vm, &res.serial, exits.clone(), res.boot_timer, start)?;
+    step("devices", &mut t);
+
+    let supported_cpuid = vm
+        .kvm()
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmError::SupportedCpuid)?;
+    let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
+    let boot_cfg = VcpuBootConfig {
+        mem,
+        supported_cpuid: &supported_cpuid,
+        host: HostCpuid::detect(tsc_deadline),
+        template,
+        vcpu_count: mc.vcpu_count,
+        mode: kernel.mode,
+        entry: kernel.entry,
+    };
+    let mut vcpus = Vec::with_capacity(mc.vcpu_count.into());
+    for index in 0..mc.vcpu_count {
+        let vcpu = Vcpu::new(vm, index)?;
+        vcpu.configure(&boot_cfg)?;
+        vcpus.push(vcpu);
+    }
+    step("vCPUs", &mut t);
+    Ok((kernel, devices, vcpus, exits))
+}
+
 /// Builds the VM that `res` describes. `start` is the VMM's start time (for boot timing).
 pub fn build_vm(res: &VmResources, start: Instant) -> Result<BuiltVm, BuildError> {
     let mut t = Instant::now();
@@ -166,47 +209,39 @@ pub fn build_vm(res: &VmResources, start: Instant) -> Result<BuiltVm, BuildError
     let mem = create_guest_memory(mc.mem_bytes())?;
     step("validate, template, map memory", &mut t);
 
-    // KVM setup and guest loading are independent; run them side by side.
-    let (vm, kernel) = std::thread::scope(|scope| {
-        let vm = std::thread::Builder::new()
-            .name("vm-setup".into())
-            .spawn_scoped(scope, || create_vm(mc.vcpu_count, &mem));
-        let kernel = load_guest(res, &mem, &cmdline);
-        let vm = match vm {
-            Ok(handle) => handle.join().unwrap_or(Err(BuildError::SetupThread(None))),
-            Err(e) => Err(BuildError::SetupThread(Some(e))),
+    let vm = create_vm(mc.vcpu_count)?;
+    step("create VM, irqchip and PIT", &mut t);
+
+    // Registering the memory slot waits for KVM (milliseconds); nothing else needs it before
+    // the first KVM_RUN, so it runs beside loading the guest and setting up devices and vCPUs.
+    // The thread's own start-up maps memory (stack, allocator arena), which needs the address
+    // space lock for writing; a writer waiting on it would stall every page fault the main
+    // thread takes while loading the kernel. So loading starts once the thread is running.
+    let started = Barrier::new(2);
+    let (kernel, devices, vcpus, exits) = std::thread::scope(|scope| {
+        let slots = std::thread::Builder::new()
+            .name("vm-memory".into())
+            .spawn_scoped(scope, || {
+                started.wait();
+                vm.register_memory(&mem)
+            });
+        if slots.is_ok() {
+            started.wait();
+        }
+        let rest = prepare_guest(res, &vm, &mem, &cmdline, template.as_ref(), start);
+        let slots = match slots {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or(Err(VmError::MemorySlotThread(None)))
+                .map_err(BuildError::from),
+            Err(e) => Err(BuildError::from(VmError::MemorySlotThread(Some(e)))),
         };
         // The user's input (kernel, initrd) is the likelier mistake: report it first.
-        let kernel = kernel?;
-        Ok::<_, BuildError>((vm?, kernel))
+        let rest = rest?;
+        slots?;
+        Ok::<_, BuildError>(rest)
     })?;
-    step("VM and guest memory ready", &mut t);
-
-    let exits = Arc::new(ExitCoordinator::new().map_err(BuildError::ExitEvent)?);
-    let devices = attach_platform_devices(&vm, &res.serial, exits.clone(), res.boot_timer, start)?;
-    step("devices", &mut t);
-
-    let supported_cpuid = vm
-        .kvm()
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmError::SupportedCpuid)?;
-    let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-    let boot_cfg = VcpuBootConfig {
-        mem: &mem,
-        supported_cpuid: &supported_cpuid,
-        host: HostCpuid::detect(tsc_deadline),
-        template: template.as_ref(),
-        vcpu_count: mc.vcpu_count,
-        mode: kernel.mode,
-        entry: kernel.entry,
-    };
-    let mut vcpus = Vec::with_capacity(mc.vcpu_count.into());
-    for index in 0..mc.vcpu_count {
-        let vcpu = Vcpu::new(&vm, index)?;
-        vcpu.configure(&boot_cfg)?;
-        vcpus.push(vcpu);
-    }
-    step("vCPUs", &mut t);
+    step("guest, devices, vCPUs and memory slot ready", &mut t);
     info!(
         "VM built in {:.3} ms: {} vCPU(s), {} MiB, {:?} entry; command line: {cmdline}",
         start.elapsed().as_secs_f64() * 1e3,

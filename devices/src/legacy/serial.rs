@@ -139,7 +139,7 @@ mod tests {
         let mut d = [0u8; 2];
         s.pio_read(PioAddress(COM1_PORT), 0, &mut d);
         assert_eq!(d, [0xff, 0xff]);
-        s.pio_write(PioAddress(COM1_PORT), 0, &[b'a', b'b']);
+        s.pio_write(PioAddress(COM1_PORT), 0, b"ab");
         assert!(buf.0.lock().unwrap().is_empty());
     }
 }

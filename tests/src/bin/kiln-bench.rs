@@ -192,18 +192,27 @@ fn bench_boot(args: &[String]) {
         let (a, b, c) = stats(&v.iter().map(|s| s.marker).collect::<Vec<_>>());
         let (_, e, _) = stats(&v.iter().map(|s| s.exit).collect::<Vec<_>>());
         let up: Vec<f64> = v.iter().filter_map(|s| s.uptime).collect();
-        let up = if up.is_empty() { f64::NAN } else { stats(&up).1 };
+        let up = if up.is_empty() {
+            f64::NAN
+        } else {
+            stats(&up).1
+        };
         println!("| {name:<22} | {a:>7.2} | {b:>7.2} | {c:>7.2} | {e:>8.2} | {up:>12.2} |");
         b
     };
     println!();
     println!("Process start to user-space marker, {runs} runs each, alternating (seconds);");
-    println!("'guest up' is the guest's own uptime at the marker (time since its kernel clock started)");
+    println!(
+        "'guest up' is the guest's own uptime at the marker (time since its kernel clock started)"
+    );
     println!(
         "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} | {:>12} |",
         "VMM", "min", "median", "max", "exit med", "guest up med"
     );
-    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|{:->14}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|{:->14}|",
+        "", "", "", "", "", ""
+    );
     let km = row("kiln-vmm", &k);
     let qm = row("QEMU -M microvm", &q);
     println!();
@@ -259,21 +268,44 @@ fn bench_startup(args: &[String]) {
 /// VMM overhead: a guest whose first instruction writes the debug-exit port. Spawn to reaped
 /// process is then all VMM (and, for QEMU, firmware) time; alternating kiln-vmm and QEMU.
 fn bench_overhead(args: &[String]) {
-    let runs: usize = arg_value(args, "--runs").and_then(|v| v.parse().ok()).unwrap_or(20);
-    let qemu = PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
+    let runs: usize = arg_value(args, "--runs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let qemu =
+        PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
     let kiln = kiln_vmm();
     let dir = kiln_tests::scratch_dir("bench-overhead");
     let elf = dir.join("exit0.elf");
-    std::fs::write(&elf, kiln_tests::tiny_guest::pvh_elf(&kiln_tests::tiny_guest::debug_exit(0)))
-        .unwrap_or_else(|e| panic!("writing {}: {e}", elf.display()));
+    std::fs::write(
+        &elf,
+        kiln_tests::tiny_guest::pvh_elf(&kiln_tests::tiny_guest::debug_exit(0)),
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", elf.display()));
     let elf = elf.display().to_string();
     let k_args: Vec<String> = ["--kernel", &elf, "--mem", "128", "--serial-out", "none"]
-        .iter().map(|s| s.to_string()).collect();
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let q_args: Vec<String> = [
-        "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", "microvm,acpi=off", "-m", "128",
-        "-smp", "1", "-nographic", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel", &elf,
-    ].iter().map(|s| s.to_string()).collect();
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-M",
+        "microvm,acpi=off",
+        "-m",
+        "128",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        &elf,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let time = |program: &Path, a: &[String]| {
         let mut run = VmmRun::spawn(program, a);
         run.wait_exit(Duration::from_secs(30))
@@ -287,7 +319,10 @@ fn bench_overhead(args: &[String]) {
     }
     println!("VMM overhead: spawn -> guest writes the exit port at its first instruction -> process reaped");
     println!("{runs} runs each, alternating; 128 MiB, 1 vCPU (milliseconds)");
-    println!("| {:<22} | {:>7} | {:>7} | {:>7} |", "VMM", "min", "median", "max");
+    println!(
+        "| {:<22} | {:>7} | {:>7} | {:>7} |",
+        "VMM", "min", "median", "max"
+    );
     println!("|{:-<24}|{:->9}|{:->9}|{:->9}|", "", "", "", "");
     for (name, v) in [("kiln-vmm", &k), ("QEMU -M microvm", &q)] {
         let (a, b, c) = stats(v);

@@ -6,8 +6,8 @@ use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 
 use super::vm::Vm;
-use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::arch::x86_64::cpuid::HostCpuid;
+use crate::arch::x86_64::regs::{self, EntryMode, RegsError};
 use crate::arch::x86_64::{cpuid, interrupts, msr};
 use crate::cpu_template::CpuTemplate;
 
@@ -70,7 +70,12 @@ impl Vcpu {
     pub fn configure(&self, cfg: &VcpuBootConfig) -> Result<(), VcpuError> {
         let index = self.index;
         let mut cpuid_entries = cfg.supported_cpuid.clone();
-        cpuid::normalize(cpuid_entries.as_mut_slice(), index, cfg.vcpu_count, &cfg.host);
+        cpuid::normalize(
+            cpuid_entries.as_mut_slice(),
+            index,
+            cfg.vcpu_count,
+            &cfg.host,
+        );
         if let Some(t) = cfg.template {
             t.apply_cpuid(cpuid_entries.as_mut_slice());
         }

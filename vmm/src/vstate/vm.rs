@@ -25,6 +25,8 @@ pub enum VmError {
     },
     #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
     MemorySlot(kvm_ioctls::Error),
+    #[error("memory slot thread failed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    MemorySlotThread(Option<std::io::Error>),
     #[error("KVM_IRQFD for GSI {gsi}: {source}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]

@@ -102,7 +102,8 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], apic_id: u8, vcpu_count: u8, 
             LEAF_BRAND_FIRST..=LEAF_BRAND_LAST => {
                 if let Some(brand) = host.brand {
                     let i = (e.function - LEAF_BRAND_FIRST) as usize * 4;
-                    [e.eax, e.ebx, e.ecx, e.edx] = [brand[i], brand[i + 1], brand[i + 2], brand[i + 3]];
+                    [e.eax, e.ebx, e.ecx, e.edx] =
+                        [brand[i], brand[i + 1], brand[i + 2], brand[i + 3]];
                 }
             }
             _ => {}
@@ -157,7 +158,11 @@ mod tests {
 
     #[test]
     fn tsc_deadline_brand_and_hints() {
-        let mut e = vec![leaf(1, 0), leaf(LEAF_KVM_FEATURES, 0), leaf(LEAF_BRAND_FIRST, 0)];
+        let mut e = vec![
+            leaf(1, 0),
+            leaf(LEAF_KVM_FEATURES, 0),
+            leaf(LEAF_BRAND_FIRST, 0),
+        ];
         e[1].edx = 1; // KVM_HINTS_REALTIME
         let mut brand = [0u32; 12];
         brand[0] = u32::from_le_bytes(*b"Kiln");

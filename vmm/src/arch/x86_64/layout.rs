@@ -38,6 +38,12 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
 
+// Checked at compile time: the command line stays below the MP table, and the boot stack sits
+// between the zero page and the page tables.
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+const _: () =
+    assert!(BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000 && BOOT_STACK_POINTER < PML4_START);
+
 /// The guest RAM regions for `mem_bytes` of memory: below the device window, the rest above 4 GiB.
 pub fn ram_regions(mem_bytes: u64) -> Vec<(GuestAddress, u64)> {
     if mem_bytes <= MMIO_GAP_START {
@@ -116,7 +122,5 @@ mod tests {
                 w[1]
             );
         }
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 }
