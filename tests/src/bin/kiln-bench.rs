@@ -62,6 +62,31 @@ fn kiln_args(g: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// QEMU microvm as in the shared guest notes (no ACPI, isa-debug-exit at 0xf4), 128 MiB, 1 vCPU,
+/// plus `extra`. QEMU 7.2 cannot set IA32_ARCH_CAPABILITIES on this host's KVM with plain
+/// `-cpu host`, hence `-arch-capabilities`.
+fn qemu_args(extra: &[&str]) -> Vec<String> {
+    [
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-M",
+        "microvm,acpi=off",
+        "-m",
+        "128",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
 /// The complete command line kiln-vmm gives the guest, so QEMU can get exactly the same.
 fn full_cmdline(kiln: &Path, g: &Path) -> String {
     let out = Command::new(kiln)
@@ -140,31 +165,14 @@ fn bench_boot(args: &[String]) {
     let g = guest_dir();
     let cmdline = full_cmdline(&kiln, g);
     let k_args = kiln_args(g, &["--serial-out", "stdout"]);
-    // QEMU 7.2 cannot set IA32_ARCH_CAPABILITIES on this host's KVM with plain `-cpu host`.
-    let q_args: Vec<String> = [
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-M",
-        "microvm,acpi=off",
-        "-m",
-        "128",
-        "-smp",
-        "1",
-        "-nographic",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    let q_args = qemu_args(&[
         "-kernel",
         &g.join("vmlinux").display().to_string(),
         "-initrd",
         &g.join("initramfs.cpio").display().to_string(),
         "-append",
         &cmdline,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
 
     println!("guest: {}", g.display());
     println!("command line (both): {cmdline}");
@@ -286,26 +294,7 @@ fn bench_overhead(args: &[String]) {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let q_args: Vec<String> = [
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-M",
-        "microvm,acpi=off",
-        "-m",
-        "128",
-        "-smp",
-        "1",
-        "-nographic",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel",
-        &elf,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let q_args = qemu_args(&["-kernel", &elf]);
     let time = |program: &Path, a: &[String]| {
         let mut run = VmmRun::spawn(program, a);
         run.wait_exit(Duration::from_secs(30))
