@@ -1,7 +1,7 @@
 //! Running kiln-vmm as a child process: output lines with arrival times, waiting for a line,
 //! signals and timeouts. A run that is dropped kills its own child (by pid) and reaps it.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -66,14 +66,31 @@ fn pump(
 impl VmmRun {
     /// Spawns `program` with `args`, stdin from /dev/null, stdout and stderr captured.
     pub fn spawn(program: &Path, args: &[String]) -> VmmRun {
+        Self::spawn_with_input(program, args, None)
+    }
+
+    /// Like [`VmmRun::spawn`], with `input` written to the child's stdin (then kept open).
+    pub fn spawn_with_input(program: &Path, args: &[String], input: Option<&[u8]>) -> VmmRun {
         let spawned = Instant::now();
         let mut child = Command::new(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()));
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            let bytes = bytes.to_vec();
+            // Written from a thread and held open, so the child never sees EOF first.
+            thread::spawn(move || {
+                let _ = stdin.write_all(&bytes);
+                thread::sleep(Duration::from_secs(600));
+            });
+        }
         let (tx, rx) = channel();
         if let Some(out) = child.stdout.take() {
             pump(out, Stream::Stdout, spawned, tx.clone());

@@ -16,6 +16,18 @@ pub const INT3: &[u8] = &[0xcc, 0x90, 0x90, 0x90];
 pub const SPIN: &[u8] = &[0xfa, 0xeb, 0xfe];
 /// `mov eax, 9 (KVM_HC_CLOCK_PAIRING); vmcall; jmp $`.
 pub const VMCALL_CLOCK_PAIRING: &[u8] = &[0xb8, 0x09, 0, 0, 0, 0x0f, 0x01, 0xc1, 0xeb, 0xfe];
+/// Waits for a byte on ttyS0 (polls LSR bit 0), reads it, and writes it to the debug-exit
+/// port: the VMM's exit status is then the first byte the host sent to the guest's console.
+pub const ECHO_SERIAL_BYTE_AS_EXIT: &[u8] = &[
+    0x66, 0xba, 0xfd, 0x03, // wait: mov dx, 0x3fd (line status)
+    0xec, //                          in al, dx
+    0xa8, 0x01, //                    test al, 1 (data ready)
+    0x74, 0xf7, //                    jz wait
+    0x66, 0xba, 0xf8, 0x03, //        mov dx, 0x3f8 (receive buffer)
+    0xec, //                          in al, dx
+    0xe6, 0xf4, //                    out 0xf4, al
+    0xeb, 0xfe, //                    jmp $
+];
 /// `mov eax, 0xd0001000; jmp eax`: fetch code from the device window (no RAM there).
 pub const JUMP_TO_MMIO: &[u8] = &[0xb8, 0x00, 0x10, 0x00, 0xd0, 0xff, 0xe0];
 

@@ -1,5 +1,5 @@
-//! Guests that misbehave, on real KVM: tiny hand-made PVH guests reach each failure path in
-//! milliseconds (emulation failure, stuck vCPU, hung hypercall, debug-exit status, signals).
+//! Tiny hand-made PVH guests on real KVM reach each path in milliseconds: debug-exit status,
+//! console input, emulation failure, stuck vCPU, hung hypercall, stop signals.
 
 use std::time::Duration;
 
@@ -43,6 +43,36 @@ fn debug_exit_port_sets_the_exit_status() {
     );
     assert_eq!(code(&mut run), Some(42), "{}", run.transcript());
     assert!(run.stderr().contains("guest powered off (status 42)"));
+}
+
+#[test]
+fn console_input_reaches_the_guest_uart() {
+    let dir = scratch_dir("console-input");
+    let kernel = dir.join("tiny.elf");
+    std::fs::write(
+        &kernel,
+        tiny_guest::pvh_elf(tiny_guest::ECHO_SERIAL_BYTE_AS_EXIT),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "--kernel",
+        &kernel.display().to_string(),
+        "--mem",
+        "16",
+        "--serial-out",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut run = VmmRun::spawn_with_input(&kiln_vmm(), &args, Some(b"K"));
+    let status = run.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(i32::from(b'K')),
+        "{}",
+        run.transcript()
+    );
 }
 
 #[test]
