@@ -7,13 +7,19 @@
  *   exit:N              write N to the debug-exit port (kiln-vmm exits N)
  *   reboot              reboot through the kernel (i8042 reset; kiln-vmm exits 0)
  *   panic               exit, so the kernel panics ("Attempted to kill init!")
- *   hold                stay up until the VMM is stopped
+ *   hold                stay up until the VMM is stopped or init is signalled
  *   shell               run /bin/sh on the console (busybox images), power off when it ends
+ *
+ * While holding or running the shell it acts on the signals init conventionally gets:
+ * SIGUSR1/SIGUSR2 (busybox halt/poweroff) power off, SIGTERM (busybox reboot) and SIGINT
+ * (Ctrl-Alt-Del, which init asks the kernel to deliver as a signal) reboot.
  *
  * A static C program rather than a shell script: on hosts that emulate guest ring-0 code every
  * fork and exec costs seconds, and the marker should measure the kernel, not the shell.
  */
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +36,22 @@
 #define BOOT_TIMER_MAGIC 123
 #define DEBUG_EXIT_PORT 0xf4
 
+static volatile sig_atomic_t requested;
+
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
+
+static void on_signal(int sig) { requested = sig; }
+
+static void catch_init_signals(void) {
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGUSR2, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del arrives as SIGINT */
+}
 
 static void mount_fs(const char *type, const char *dir) {
 	mkdir(dir, 0755);
@@ -75,6 +96,14 @@ static void power_off(int code) {
 		pause();
 }
 
+static void do_reboot(void) {
+	sync();
+	reboot(RB_AUTOBOOT);
+}
+
+/* Acts on a signal caught by catch_init_signals(); returns if none was. */
+static void act_on_signal(void);
+
 static void run_shell(void) {
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -84,9 +113,27 @@ static void run_shell(void) {
 		say("kiln-init: no /bin/sh in this image (use initramfs-busybox.cpio)\n");
 		_exit(127);
 	}
-	/* As PID 1, reap every orphan until the shell itself ends. */
-	while (pid > 0 && wait(NULL) != pid)
-		;
+	/* As PID 1, reap every orphan until the shell itself ends or init is signalled. */
+	while (pid > 0) {
+		pid_t w = wait(NULL);
+		if (w == pid)
+			break;
+		if (w < 0 && errno == EINTR)
+			act_on_signal();
+	}
+}
+
+static void act_on_signal(void) {
+	switch (requested) {
+	case SIGUSR1:
+	case SIGUSR2:
+		power_off(0);
+		break;
+	case SIGTERM:
+	case SIGINT:
+		do_reboot();
+		break;
+	}
 }
 
 int main(void) {
@@ -115,18 +162,19 @@ int main(void) {
 		power_off(0);
 	if (strncmp(action, "exit:", 5) == 0)
 		power_off(atoi(action + 5));
-	if (strcmp(action, "reboot") == 0) {
-		sync();
-		reboot(RB_AUTOBOOT);
-	}
+	if (strcmp(action, "reboot") == 0)
+		do_reboot();
 	if (strcmp(action, "panic") == 0) {
 		say("KILN_PANIC_REQUESTED\n");
 		return 1;
 	}
+	catch_init_signals();
 	if (strcmp(action, "hold") == 0) {
 		say("KILN_HOLDING\n");
-		for (;;)
+		for (;;) {
 			pause();
+			act_on_signal();
+		}
 	}
 	if (strcmp(action, "shell") == 0) {
 		say("Kiln guest shell: 'poweroff' or Ctrl-D ends the VM.\n");
