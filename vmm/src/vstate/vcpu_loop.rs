@@ -60,6 +60,8 @@ pub fn register_kick_handler() -> std::io::Result<()> {
 enum Step {
     Continue,
     Exit(VmExit),
+    /// KVM_EXIT_INTERNAL_ERROR: described with registers and instruction bytes, then fatal.
+    InternalError,
 }
 
 /// Runs `vcpu` until the VM stops. Any reason to end the VM goes to `ctx.exits`.
@@ -86,16 +88,15 @@ pub fn run_vcpu(mut vcpu: Vcpu, ctx: VcpuContext) {
             }
             Err(e) => Step::Exit(VmExit::VcpuFailure(format!("vCPU {index}: KVM_RUN: {e}"))),
         };
-        if let Step::Exit(exit) = step {
-            let exit = match exit {
-                VmExit::VcpuFailure(m) if m.is_empty() => {
-                    VmExit::VcpuFailure(describe_internal_error(&mut vcpu, &ctx.mem))
-                }
-                other => other,
-            };
-            ctx.exits.request(exit);
-            break;
-        }
+        let exit = match step {
+            Step::Continue => continue,
+            Step::Exit(exit) => exit,
+            Step::InternalError => {
+                VmExit::VcpuFailure(describe_internal_error(&mut vcpu, &ctx.mem))
+            }
+        };
+        ctx.exits.request(exit);
+        break;
     }
     debug!("vCPU {index} stopped");
 }
@@ -131,8 +132,7 @@ fn handle_exit(index: u8, exit: VcpuExit, ctx: &VcpuContext) -> Step {
                 )),
             })
         }
-        // An empty message asks run_vcpu to describe the error with registers and bytes.
-        VcpuExit::InternalError => return Step::Exit(VmExit::VcpuFailure(String::new())),
+        VcpuExit::InternalError => return Step::InternalError,
         VcpuExit::FailEntry(reason, cpu) => {
             return Step::Exit(VmExit::VcpuFailure(format!(
                 "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
