@@ -6,8 +6,8 @@ use std::time::Duration;
 use kiln_tests::process::VmmRun;
 use kiln_tests::{host_is_pvm, kiln_vmm, scratch_dir, tiny_guest};
 
-/// Boots `code` as a tiny guest with extra `args`; returns the finished run.
-fn run_tiny(name: &str, code: &[u8], args: &[&str], timeout: Duration) -> VmmRun {
+/// kiln-vmm arguments that boot `code` as a tiny guest (16 MiB, no console output) plus `args`.
+fn tiny_args(name: &str, code: &[u8], args: &[&str]) -> Vec<String> {
     let dir = scratch_dir(name);
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_guest::pvh_elf(code)).unwrap();
@@ -20,7 +20,12 @@ fn run_tiny(name: &str, code: &[u8], args: &[&str], timeout: Duration) -> VmmRun
         "none".into(),
     ];
     all.extend(args.iter().map(|s| s.to_string()));
-    let mut run = VmmRun::spawn(&kiln_vmm(), &all);
+    all
+}
+
+/// Boots `code` as a tiny guest with extra `args`; returns the finished run.
+fn run_tiny(name: &str, code: &[u8], args: &[&str], timeout: Duration) -> VmmRun {
+    let mut run = VmmRun::spawn(&kiln_vmm(), &tiny_args(name, code, args));
     assert!(
         run.wait_exit(timeout).is_some(),
         "{name}: still running after {timeout:?}:\n{}",
@@ -47,24 +52,7 @@ fn debug_exit_port_sets_the_exit_status() {
 
 #[test]
 fn console_input_reaches_the_guest_uart() {
-    let dir = scratch_dir("console-input");
-    let kernel = dir.join("tiny.elf");
-    std::fs::write(
-        &kernel,
-        tiny_guest::pvh_elf(tiny_guest::ECHO_SERIAL_BYTE_AS_EXIT),
-    )
-    .unwrap();
-    let args: Vec<String> = [
-        "--kernel",
-        &kernel.display().to_string(),
-        "--mem",
-        "16",
-        "--serial-out",
-        "none",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tiny_args("console-input", tiny_guest::ECHO_SERIAL_BYTE_AS_EXIT, &[]);
     let mut run = VmmRun::spawn_with_input(&kiln_vmm(), &args, Some(b"K"));
     let status = run.wait_exit(Duration::from_secs(10));
     assert_eq!(
@@ -153,24 +141,11 @@ fn hung_hypercall_is_reported_not_silent() {
 
 #[test]
 fn sigint_stops_a_running_guest_cleanly() {
-    let dir = scratch_dir("sigint");
-    let kernel = dir.join("tiny.elf");
-    std::fs::write(&kernel, tiny_guest::pvh_elf(tiny_guest::SPIN)).unwrap();
-    let args: Vec<String> = [
-        "--kernel",
-        &kernel.display().to_string(),
-        "--mem",
-        "16",
-        "--serial-out",
-        "none",
-        "--stuck-timeout",
-        "0",
-        "--vcpus",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tiny_args(
+        "sigint",
+        tiny_guest::SPIN,
+        &["--stuck-timeout", "0", "--vcpus", "2"],
+    );
     let mut run = VmmRun::spawn(&kiln_vmm(), &args);
     assert!(run
         .wait_for_line("first guest instruction", Duration::from_secs(5))
