@@ -42,12 +42,12 @@ ensure_packages() {
 
 pkg_version() { dpkg-query -W -f='${Version}' "$1"; }
 
-# Reproducibility: fixed build identity and timestamps.
-export KBUILD_BUILD_TIMESTAMP="1970-01-01" KBUILD_BUILD_USER=kiln KBUILD_BUILD_HOST=kiln
-export SOURCE_DATE_EPOCH=0 E2FSPROGS_FAKE_TIME=0
+# Reproducibility settings live inside the build functions, whose text is part of each cache key.
 
 build_kernel() { # $1 = output folder
   local out=$1 work
+  # Reproducible: fixed build identity and timestamp.
+  export KBUILD_BUILD_TIMESTAMP="1970-01-01" KBUILD_BUILD_USER=kiln KBUILD_BUILD_HOST=kiln
   work=$(mktemp -d "$(cache_root)/.kernel-build.XXXXXX")
   log "kernel: unpacking linux-source-6.1 $(pkg_version linux-source-6.1) in $work"
   tar -C "$work" -xf /usr/src/linux-source-6.1.tar.xz
@@ -120,9 +120,15 @@ build_userspace() { # $1 = output folder
   ln -s sbin/kiln-init "$tree/init"
   make_cpio "$tree" "$out.tmp/initramfs-busybox.cpio"
   rm -f "$tree/init"
-  mkfs.ext4 -q -F -L kiln-root -U 6b696c6e-0000-4000-8000-726f6f746673 \
+  # Reproducible: fixed UUID, hash seed and time (mke2fs reads E2FSPROGS_FAKE_TIME=0 as unset).
+  # mke2fs copies ctime and atime from the source files, which cannot be pinned there (ctime is
+  # always "now", reading updates atime), so debugfs resets them afterwards.
+  E2FSPROGS_FAKE_TIME=1 mkfs.ext4 -q -F -L kiln-root -U 6b696c6e-0000-4000-8000-726f6f746673 \
     -E root_owner=0:0,hash_seed=6b696c6e-0000-4000-8000-686173680000 \
     -d "$tree" "$out.tmp/rootfs.ext4" 64M >&2
+  (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | sed 's|^\.||'; echo /; echo /lost+found) |
+    awk '{ printf "sif %s ctime 1\nsif %s atime 1\n", $0, $0 }' > "$work/fix-times"
+  E2FSPROGS_FAKE_TIME=1 debugfs -w -f "$work/fix-times" "$out.tmp/rootfs.ext4" >/dev/null 2>&1
   rm -rf "$work" "$out"
   mv "$out.tmp" "$out"
 }
