@@ -102,7 +102,18 @@ static void do_reboot(void) {
 }
 
 /* Acts on a signal caught by catch_init_signals(); returns if none was. */
-static void act_on_signal(void);
+static void act_on_signal(void) {
+	switch (requested) {
+	case SIGUSR1:
+	case SIGUSR2:
+		power_off(0);
+		break;
+	case SIGTERM:
+	case SIGINT:
+		do_reboot();
+		break;
+	}
+}
 
 static void run_shell(void) {
 	pid_t pid = fork();
@@ -120,19 +131,6 @@ static void run_shell(void) {
 			break;
 		if (w < 0 && errno == EINTR)
 			act_on_signal();
-	}
-}
-
-static void act_on_signal(void) {
-	switch (requested) {
-	case SIGUSR1:
-	case SIGUSR2:
-		power_off(0);
-		break;
-	case SIGTERM:
-	case SIGINT:
-		do_reboot();
-		break;
 	}
 }
 

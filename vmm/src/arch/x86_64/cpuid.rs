@@ -22,7 +22,7 @@ const LEAF_BRAND_LAST: u32 = 0x8000_0004;
 pub struct HostCpuid {
     /// KVM can emulate the LAPIC TSC-deadline timer (it is not in KVM's supported CPUID).
     pub tsc_deadline: bool,
-    /// The host's processor brand string (CPUID 0x80000002..4), 16 registers.
+    /// The host's processor brand string (CPUID 0x80000002..4): 12 registers, 48 bytes.
     pub brand: Option<[u32; 12]>,
 }
 
