@@ -6,6 +6,16 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 [[ -r /dev/kvm && -w /dev/kvm ]] || { echo "test: /dev/kvm is missing or not accessible" >&2; exit 1; }
+# The virtio end-to-end tests check images with e2fsprogs and build a network namespace with
+# iproute2 (which needs root, as CI runs); busybox pings from the host side.
+missing=()
+for tool in ip:iproute2 e2fsck:e2fsprogs busybox:busybox-static sha256sum:coreutils; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  [[ $(id -u) -eq 0 ]] || { echo "test: missing ${missing[*]} (apt-get install them)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+fi
 guest=$(resources/guest/build.sh)
 target=${CARGO_TARGET_DIR:-$root/target}
 

@@ -1,7 +1,9 @@
-//! Kiln device models: legacy platform devices and pseudo devices, testable without KVM.
+//! Kiln device models: legacy platform devices, pseudo devices and virtio-mmio devices, testable
+//! without KVM.
 
 pub mod legacy;
 pub mod pseudo;
+pub mod virtio;
 
 mod exit_sink;
 mod irq;

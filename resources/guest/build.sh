@@ -6,7 +6,7 @@
 #
 # Outputs in the printed folder: vmlinux (PVH ELF), bzImage, config; initramfs.cpio (only the
 # static kiln-init: fast to unpack), initramfs-busybox.cpio (kiln-init plus busybox, for a shell),
-# rootfs.ext4 (kiln-init as /sbin/init plus busybox); inputs.txt. Cache root: $KILN_CACHE, else /var/cache/kiln when writable,
+# rootfs.ext4 (kiln-init as /sbin/init, busybox, kiln-iobench); inputs.txt. Cache root: $KILN_CACHE, else /var/cache/kiln when writable,
 # else ~/.cache/kiln. Installs missing Debian packages when run as root.
 set -euo pipefail
 
@@ -92,7 +92,8 @@ build_userspace() { # $1 = output folder
   work=$(mktemp -d "$(cache_root)/.userspace-build.XXXXXX")
   mkdir -p "$out.tmp"
   musl-gcc -static -Os -Wall -Wextra -Werror -o "$work/kiln-init" "$here/init/kiln-init.c"
-  strip "$work/kiln-init"
+  musl-gcc -static -O2 -Wall -Wextra -Werror -o "$work/kiln-iobench" "$here/tools/kiln-iobench.c"
+  strip "$work/kiln-init" "$work/kiln-iobench"
 
   # Minimal initramfs: kiln-init alone.
   tree="$work/minimal"
@@ -113,6 +114,7 @@ build_userspace() { # $1 = output folder
   rm -f "$tree/sbin/poweroff" "$tree/sbin/halt" "$tree/sbin/init"
   install -m 0755 "$work/kiln-init" "$tree/sbin/kiln-init"
   install -m 0755 "$here"/rootfs/sbin/* "$tree/sbin/"
+  install -m 0755 "$work/kiln-iobench" "$tree/usr/bin/kiln-iobench"
   ln -s poweroff "$tree/sbin/halt"
   ln -s kiln-init "$tree/sbin/init"
   echo "root:x:0:0:root:/root:/bin/sh" > "$tree/etc/passwd"
@@ -144,7 +146,7 @@ main() {
   kinputs=$( { echo "linux-source-6.1 $(pkg_version linux-source-6.1)"; declare -f build_kernel
               sha256sum "$here/config.fragment" "$here"/patches/*.patch | sed "s#$here/##"; } )
   uinputs=$( { for p in busybox-static e2fsprogs musl-tools; do echo "$p $(pkg_version $p)"; done
-              declare -f make_cpio build_userspace; (cd "$here" && find rootfs init -type f | LC_ALL=C sort | xargs sha256sum); } )
+              declare -f make_cpio build_userspace; (cd "$here" && find rootfs init tools -type f | LC_ALL=C sort | xargs sha256sum); } )
   khash=$(sha256sum <<<"$kinputs" | cut -c1-16)
   uhash=$(sha256sum <<<"$uinputs" | cut -c1-16)
   local kdir="$root/kernel-$khash" udir="$root/userspace-$uhash" gdir="$root/guest-$khash-$uhash"

@@ -159,3 +159,70 @@ fn bad_vcpu_count_and_template() {
     let t = write(&dir, "bad.json", br#"{"cpuid_modifiers": [{"leaf": "0x1", "modifiers": [{"register": "eax", "bitmap": "0b1"}]}]}"#);
     expect_error(&["--kernel", &k, "--cpu-template", &t], 1, "expected 32");
 }
+
+/// Bad disk and NIC options: parse errors are usage errors (2); images and TAPs that cannot be
+/// used fail the start (1), naming the culprit.
+#[test]
+fn bad_virtio_device_options() {
+    let dir = scratch_dir("bad-virtio");
+    let kernel = guest_dir().join("vmlinux").display().to_string();
+    let k = kernel.as_str();
+    expect_error(
+        &["--kernel", k, "--disk", "/nonexistent/kiln.img"],
+        1,
+        "disk image /nonexistent/kiln.img: No such file or directory",
+    );
+    expect_error(
+        &["--kernel", k, "--disk", "/tmp,ro"],
+        1,
+        "is not a regular file or block device",
+    );
+    let empty = write(&dir, "empty.img", b"");
+    expect_error(
+        &["--kernel", k, "--disk", &empty],
+        1,
+        "smaller than one 512-byte sector",
+    );
+    let img = write(&dir, "disk.img", &[0u8; 4096]);
+    expect_error(
+        &["--kernel", k, "--disk", &format!("{img},rw")],
+        2,
+        "is not ro or id=NAME",
+    );
+    expect_error(
+        &[
+            "--kernel",
+            k,
+            "--disk",
+            &format!("{img},id=way-too-long-serial-number"),
+        ],
+        2,
+        "must be 1 to 20 printable ASCII characters",
+    );
+    expect_error(
+        &["--kernel", k, "--disk", &img, "--disk", &img],
+        1,
+        "is in use by another process (locked)",
+    );
+    expect_error(
+        &["--kernel", k, "--net", "tap=a/b"],
+        2,
+        "TAP name \"a/b\" must be",
+    );
+    expect_error(
+        &["--kernel", k, "--net", "tap=kt0,mac=01:00:5e:00:00:01"],
+        2,
+        "multicast",
+    );
+    expect_error(
+        &["--kernel", k, "--net", "fd=77"],
+        1,
+        "fd 77 is not a TAP device",
+    );
+    let many: Vec<String> = (0..20)
+        .flat_map(|_| ["--disk".to_string(), format!("{img},ro")])
+        .collect();
+    let mut args = vec!["--kernel", k];
+    args.extend(many.iter().map(String::as_str));
+    expect_error(&args, 1, "20 virtio devices requested; at most 19 fit");
+}

@@ -17,7 +17,7 @@ use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::regs::EntryMode;
 use crate::boot_loader::{self, LoadError, LoadedKernel};
 use crate::cpu_template::{CpuTemplate, CpuTemplateError};
-use crate::device_manager::{attach_platform_devices, DeviceError, PlatformDevices};
+use crate::device_manager::{attach_devices, DeviceError, PlatformDevices};
 use crate::resources::{ResourcesError, VmResources};
 use crate::vm_exit::ExitCoordinator;
 use crate::vmm_config::boot_source::{check_cmdline, BootSourceError};
@@ -168,7 +168,7 @@ fn prepare_guest(
     let kernel = load_guest(res, mem, cmdline)?;
 
     let exits = Arc::new(ExitCoordinator::new().map_err(BuildError::ExitEvent)?);
-    let devices = attach_platform_devices(vm, &res.serial, exits.clone(), res.boot_timer, start)?;
+    let devices = attach_devices(vm, mem, res, exits.clone(), start)?;
     step("devices", &mut t);
 
     let supported_cpuid = vm

@@ -1,4 +1,6 @@
-//! Attaches Kiln's platform devices to the I/O buses and wires their interrupts to KVM.
+//! Attaches Kiln's platform and virtio devices to the I/O buses and wires their interrupts to KVM.
+
+mod virtio;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -18,6 +20,10 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
+pub use virtio::{DeviceSubscriber, VirtioSetupError};
+use vm_memory::GuestMemoryMmap;
+
+use crate::resources::VmResources;
 use crate::vm_exit::ExitCoordinator;
 use crate::vmm_config::SerialConfig;
 use crate::vstate::vm::{Vm, VmError};
@@ -35,14 +41,18 @@ pub enum DeviceError {
     Bus(&'static str, vm_device::bus::Error),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioSetupError),
 }
 
-/// The legacy devices the VMM talks to after boot.
+/// The devices the VMM talks to after boot.
 pub struct PlatformDevices {
     pub io: Arc<IoManager>,
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Filled by the boot timer when the guest signals it (if the device is enabled).
     pub boot_time: Arc<Mutex<Option<Duration>>>,
+    /// Event handlers of the virtio devices (queues and backends).
+    pub virtio: Vec<DeviceSubscriber>,
 }
 
 fn serial_sink(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
@@ -71,15 +81,17 @@ fn serial_sink(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, DeviceError>
     })
 }
 
-/// Creates ttyS0, the i8042, the debug-exit port and (optionally) the boot timer.
-pub fn attach_platform_devices(
+/// Creates ttyS0, the i8042, the debug-exit port, (optionally) the boot timer, and the virtio
+/// devices `res` describes.
+pub fn attach_devices(
     vm: &Vm,
-    serial_cfg: &SerialConfig,
+    mem: &GuestMemoryMmap,
+    res: &VmResources,
     exits: Arc<ExitCoordinator>,
-    boot_timer: bool,
     start: Instant,
 ) -> Result<PlatformDevices, DeviceError> {
     let mut io = IoManager::new();
+    let serial_cfg = &res.serial;
 
     let serial_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&serial_evt, COM1_IRQ)?;
@@ -105,7 +117,7 @@ pub fn attach_platform_devices(
         .map_err(|e| DeviceError::Bus("debug-exit", e))?;
 
     let boot_time = Arc::new(Mutex::new(None));
-    if boot_timer {
+    if res.boot_timer {
         let timer = Arc::new(Mutex::new(BootTimer::new(start, boot_time.clone())));
         let r = MmioRange::new(MmioAddress(BOOT_TIMER_START), BOOT_TIMER_SIZE)
             .map_err(|e| DeviceError::Bus("boot timer", e))?;
@@ -113,9 +125,11 @@ pub fn attach_platform_devices(
             .map_err(|e| DeviceError::Bus("boot timer", e))?;
     }
 
+    let virtio = virtio::attach_virtio_devices(vm, &mut io, mem, res)?;
     Ok(PlatformDevices {
         io: Arc::new(io),
         serial,
         boot_time,
+        virtio,
     })
 }

@@ -13,10 +13,10 @@ use vmm::resources::VmResources;
 use vmm::runtime::{run_vm, TerminalMode};
 use vmm::vm_exit::{exit_code, VmExit};
 use vmm::vmm_config::machine_config::DEFAULT_MEM_MIB;
-use vmm::vmm_config::{BootSourceConfig, MachineConfig, SerialConfig};
+use vmm::vmm_config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig};
 
 /// Kiln's KVM virtual machine monitor: boots Linux directly (PVH vmlinux, or bzImage through
-/// the 64-bit boot protocol) with a serial console.
+/// the 64-bit boot protocol) with a serial console and virtio-mmio disks, NICs and entropy.
 ///
 /// Exit status: 0 guest powered off or rebooted; N the guest wrote N to the debug-exit port
 /// (0xf4); 1 VMM error; 2 usage error; 3 guest kernel panic; 4 vCPU failure (emulation
@@ -51,6 +51,19 @@ struct Cli {
     /// Enable the boot timer: a guest byte write of 123 at 0xd0000000 logs the boot time.
     #[arg(long)]
     boot_timer: bool,
+    /// A virtio-blk disk backed by a raw image: PATH[,ro][,id=SERIAL]. Repeatable; the first is
+    /// /dev/vda (boot from it with --cmdline "root=/dev/vda ..."). `ro` makes the disk read-only
+    /// (writes fail with an I/O error); `id` is the serial the guest reads.
+    #[arg(long = "disk", value_name = "SPEC")]
+    disks: Vec<DriveConfig>,
+    /// A virtio-net NIC on a TAP device: tap=NAME[,mac=MAC] (the interface is created when
+    /// missing, which needs CAP_NET_ADMIN) or fd=N[,mac=MAC] (an inherited TAP descriptor opened
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). Repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "SPEC")]
+    nets: Vec<NetConfig>,
+    /// A virtio-rng entropy device fed from the host's getrandom(2) (/dev/hwrng in the guest).
+    #[arg(long)]
+    entropy: bool,
     /// Fail the VM when a vCPU makes no progress for this many seconds (0 disables).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     stuck_timeout: u64,
@@ -80,6 +93,9 @@ impl Cli {
         res.boot_timer = self.boot_timer;
         res.stuck_timeout =
             (self.stuck_timeout > 0).then(|| Duration::from_secs(self.stuck_timeout));
+        res.drives = self.disks.clone();
+        res.nets = self.nets.clone();
+        res.entropy = self.entropy;
         res
     }
 }

@@ -9,6 +9,8 @@
  *   panic               exit, so the kernel panics ("Attempted to kill init!")
  *   hold                stay up until the VMM is stopped or init is signalled
  *   shell               run /bin/sh on the console (busybox images), power off when it ends
+ *   run:PATH            run the shell script PATH (busybox images), then power off with its
+ *                       exit status as the debug-exit value (0 = success)
  *
  * While holding or running the shell it acts on the signals init conventionally gets:
  * SIGUSR1/SIGUSR2 (busybox halt/poweroff) power off, SIGTERM (busybox reboot) and SIGINT
@@ -115,27 +117,38 @@ static void act_on_signal(void) {
 	}
 }
 
-static void run_shell(void) {
+/* Runs /bin/sh (interactive when script is NULL); returns its exit status. */
+static int run_shell(const char *script) {
 	pid_t pid = fork();
 	if (pid == 0) {
 		setsid();
 		ioctl(0, TIOCSCTTY, 1);
-		execl("/bin/sh", "sh", "-l", (char *)NULL);
-		say("kiln-init: no /bin/sh in this image (use initramfs-busybox.cpio)\n");
+		if (script)
+			execl("/bin/sh", "sh", script, (char *)NULL);
+		else
+			execl("/bin/sh", "sh", "-l", (char *)NULL);
+		say("kiln-init: no /bin/sh in this image (use initramfs-busybox.cpio or rootfs.ext4)\n");
 		_exit(127);
 	}
 	/* As PID 1, reap every orphan until the shell itself ends or init is signalled. */
+	int status = 0;
 	while (pid > 0) {
-		pid_t w = wait(NULL);
-		if (w == pid)
+		int st;
+		pid_t w = wait(&st);
+		if (w == pid) {
+			status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 			break;
+		}
 		if (w < 0 && errno == EINTR)
 			act_on_signal();
+		if (w < 0 && errno == ECHILD)
+			break;
 	}
+	return status;
 }
 
 int main(void) {
-	char buf[4096], action[64] = "poweroff";
+	char buf[4096], action[256] = "poweroff";
 
 	mount_fs("proc", "/proc");
 	read_line("/proc/uptime", buf, sizeof(buf));
@@ -176,9 +189,11 @@ int main(void) {
 	}
 	if (strcmp(action, "shell") == 0) {
 		say("Kiln guest shell: 'poweroff' or Ctrl-D ends the VM.\n");
-		run_shell();
+		run_shell(NULL);
 		power_off(0);
 	}
+	if (strncmp(action, "run:", 4) == 0)
+		power_off(run_shell(action + 4));
 	say("kiln-init: unknown kiln.action=");
 	say(action);
 	say("\n");

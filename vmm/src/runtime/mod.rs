@@ -140,6 +140,9 @@ pub fn run_vm(
     if let Ok(console) = ConsoleInput::new(devices.serial.clone()) {
         em.add_subscriber(Arc::new(Mutex::new(console)));
     }
+    for device in &devices.virtio {
+        em.add_subscriber(device.clone());
+    }
 
     let outcome = loop {
         if let Some(outcome) = exits.outcome() {

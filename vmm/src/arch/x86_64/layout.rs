@@ -32,6 +32,21 @@ pub const MMIO_GAP_END: u64 = 1 << 32;
 pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
 pub const BOOT_TIMER_SIZE: u64 = 0x1000;
 /// The IOAPIC and local APIC register pages (in-kernel irqchip).
+/// virtio-mmio devices: one 4 KiB window each, after the boot timer, one IOAPIC pin each from
+/// pin 5 (pin 4 is the serial port's) to pin 23.
+pub const VIRTIO_MMIO_START: u64 = BOOT_TIMER_START + BOOT_TIMER_SIZE;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+pub const MAX_VIRTIO_DEVICES: usize = 24 - VIRTIO_IRQ_BASE as usize;
+
+/// Register window and interrupt line of the `index`th virtio device.
+pub fn virtio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE,
+        VIRTIO_IRQ_BASE + index as u32,
+    )
+}
+
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// Pages KVM needs for its TSS and identity map on Intel hosts, inside the device window.

@@ -1,8 +1,10 @@
-//! kiln-bench: boot-latency benchmarks that print a table.
+//! kiln-bench: boot-latency and device benchmarks that print a table.
 //!
 //!   kiln-bench boot    [--runs N] [--qemu PATH]   kiln-vmm vs QEMU microvm, alternating
 //!   kiln-bench startup [--runs N]                 kiln-vmm process start -> first guest instruction
 //!   kiln-bench overhead [--runs N] [--qemu PATH]  whole-VMM cost: spawn -> tiny guest exits -> reaped
+//!   kiln-bench virtio [--runs N] [--disk-mib M] [--rand-secs S] [--net-mib M]
+//!                                                 disk and TCP throughput, VMM CPU per GB, vs QEMU
 //!
 //! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
 //! target/. Runs alternate so that a noisy shared machine affects both sides alike.
@@ -10,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+mod virtio;
 
 use kiln_tests::process::VmmRun;
 use kiln_tests::{guest_dir, kiln_vmm};
@@ -89,8 +93,17 @@ fn qemu_args(extra: &[&str]) -> Vec<String> {
 
 /// The complete command line kiln-vmm gives the guest, so QEMU can get exactly the same.
 fn full_cmdline(kiln: &Path, g: &Path) -> String {
+    full_cmdline_with(kiln, g, USER_CMDLINE)
+}
+
+/// Like [`full_cmdline`] with another user part (and no devices: QEMU adds its own entries).
+fn full_cmdline_with(kiln: &Path, g: &Path, user: &str) -> String {
+    let mut args = kiln_args(g, &["--print-cmdline"]);
+    if let Some(i) = args.iter().position(|a| a == "--cmdline") {
+        args[i + 1] = user.into();
+    }
     let out = Command::new(kiln)
-        .args(kiln_args(g, &["--print-cmdline"]))
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", kiln.display()));
     assert!(out.status.success(), "kiln-vmm --print-cmdline failed");
@@ -328,9 +341,10 @@ fn main() {
         Some("boot") => bench_boot(&args[1..]),
         Some("startup") => bench_startup(&args[1..]),
         Some("overhead") => bench_overhead(&args[1..]),
+        Some("virtio") => virtio::bench_virtio(&args[1..]),
         _ => {
             eprintln!(
-                "usage: kiln-bench boot [--runs N] [--qemu PATH] | kiln-bench startup [--runs N]"
+                "usage: kiln-bench boot|startup|overhead|virtio [--runs N] ... (see the top of main.rs)"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,79 @@
+//! The virtio-blk device: features and configuration space for an image, and the request
+//! handler behind the single request queue (served on the VMM's event loop).
+
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use vm_memory::GuestMemoryMmap;
+
+use super::disk::DiskImage;
+use super::request::{handle_request, MAX_RANGES, MAX_RANGE_SECTORS};
+use crate::virtio::chain::Chain;
+use crate::virtio::{RequestHandler, SingleQueueDevice, COMMON_FEATURES, QUEUE_SIZE};
+
+/// Data buffers per request: the queue minus the header and status buffers.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+
+/// A virtio-blk device on a disk image.
+pub type Block = SingleQueueDevice<BlockRequests>;
+
+pub struct BlockRequests {
+    disk: DiskImage,
+    features: u64,
+    config: Vec<u8>,
+}
+
+impl Block {
+    pub fn new(disk: DiskImage) -> std::io::Result<Block> {
+        let mut features =
+            COMMON_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
+        if disk.read_only() {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let config = config_space(disk.sectors());
+        SingleQueueDevice::with_handler(BlockRequests {
+            disk,
+            features,
+            config,
+        })
+    }
+}
+
+/// struct virtio_blk_config, little-endian, up to write_zeroes_may_unmap.
+fn config_space(sectors: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &sectors.to_le_bytes()); // capacity
+    put(12, &SEG_MAX.to_le_bytes()); // seg_max
+    put(36, &MAX_RANGE_SECTORS.to_le_bytes()); // max_discard_sectors
+    put(40, &MAX_RANGES.to_le_bytes()); // max_discard_seg
+    put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+    put(48, &MAX_RANGE_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+    put(52, &MAX_RANGES.to_le_bytes()); // max_write_zeroes_seg
+    put(56, &[1]); // write_zeroes_may_unmap
+    c
+}
+
+impl RequestHandler for BlockRequests {
+    const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
+    const NAME: &'static str = "virtio-blk";
+    /// Bigger chains get an error status.
+    const MAX_REQUEST_BYTES: u64 = 128 << 20;
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn config_space(&self) -> &[u8] {
+        &self.config
+    }
+
+    fn handle(&mut self, chain: &Chain, mem: &GuestMemoryMmap) -> u32 {
+        handle_request(chain, mem, &self.disk)
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

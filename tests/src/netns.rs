@@ -1,0 +1,67 @@
+//! A private network namespace for networking tests: a TAP with a host address inside it, so
+//! tests never touch the host's own interfaces. Removed (with everything in it) on drop.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+pub struct NetNs {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// Creates namespace `name` with loopback up and TAP `tap` at `host_cidr`, up.
+    pub fn with_tap(name: &str, tap: &str, host_cidr: &str) -> NetNs {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name]);
+        let ns = NetNs { name: name.into() };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        ip(&["-n", name, "tuntap", "add", tap, "mode", "tap"]);
+        ip(&["-n", name, "addr", "add", host_cidr, "dev", tap]);
+        ip(&["-n", name, "link", "set", tap, "up"]);
+        ns
+    }
+
+    /// `ip netns exec <ns>` followed by `cmd`: the argument list to run a program inside.
+    pub fn exec_args(&self, cmd: &[String]) -> Vec<String> {
+        let mut args = vec!["netns".into(), "exec".into(), self.name.clone()];
+        args.extend(cmd.iter().cloned());
+        args
+    }
+
+    /// Runs `f` on a new thread that has joined the namespace (sockets it opens live there).
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: setns on a namespace fd we opened; it affects only this thread.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
