@@ -29,10 +29,15 @@ impl NetNs {
         ip(&["netns", "add", name]);
         let ns = NetNs { name: name.into() };
         ip(&["-n", name, "link", "set", "lo", "up"]);
-        ip(&["-n", name, "tuntap", "add", tap, "mode", "tap"]);
-        ip(&["-n", name, "addr", "add", host_cidr, "dev", tap]);
-        ip(&["-n", name, "link", "set", tap, "up"]);
+        ns.add_tap(tap, host_cidr);
         ns
+    }
+
+    /// Adds TAP `tap` at `host_cidr`, up.
+    pub fn add_tap(&self, tap: &str, host_cidr: &str) {
+        ip(&["-n", &self.name, "tuntap", "add", tap, "mode", "tap"]);
+        ip(&["-n", &self.name, "addr", "add", host_cidr, "dev", tap]);
+        ip(&["-n", &self.name, "link", "set", tap, "up"]);
     }
 
     /// `ip netns exec <ns>` followed by `cmd`: the argument list to run a program inside.

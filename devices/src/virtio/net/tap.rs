@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use thiserror::Error;
@@ -84,8 +84,9 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Adopts an already-open TAP file descriptor (for example one a launcher opened and passed
-    /// down). It must have been attached with IFF_TAP, IFF_NO_PI and IFF_VNET_HDR.
+    /// Uses an already-open TAP file descriptor (for example one a launcher opened and passed
+    /// down), through a duplicate. It must have been attached with IFF_TAP, IFF_NO_PI and
+    /// IFF_VNET_HDR.
     pub fn from_fd(fd: RawFd) -> Result<Tap, TapError> {
         // SAFETY: fcntl(F_GETFD) only checks that the descriptor is open.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -94,13 +95,17 @@ impl Tap {
                 source: io::Error::last_os_error(),
             });
         }
-        // SAFETY: the caller hands this descriptor to kiln-vmm; it is open (checked above) and
-        // from now on owned only by the Tap.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: the descriptor is open (checked above) for the duration of this borrow; kiln-vmm
+        // works on its own duplicate and never closes the original, which may not be a TAP.
+        let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|source| TapError::NotTap { fd, source })?;
+        let file = File::from(owned);
+        let dup = file.as_raw_fd();
         // SAFETY: ifreq is plain data; all zeros is a valid value.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         // SAFETY: TUNGETIFF writes the name and flags into the ifreq we pass.
-        if unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) } < 0 {
+        if unsafe { libc::ioctl(dup, libc::TUNGETIFF, &mut req) } < 0 {
             return Err(TapError::NotTap {
                 fd,
                 source: io::Error::last_os_error(),
@@ -115,10 +120,10 @@ impl Tap {
         let name = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        // SAFETY: fcntl on a descriptor we own.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: fcntl on a descriptor we own. (The flag is shared with the original.)
+        let fl = unsafe { libc::fcntl(dup, libc::F_GETFL) };
         // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+        if fl < 0 || unsafe { libc::fcntl(dup, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
             return Err(TapError::Setup {
                 name,
                 what: "making the fd non-blocking",
