@@ -23,12 +23,18 @@ fn ip(args: &[&str]) {
 }
 
 impl NetNs {
-    /// Creates namespace `name` with loopback up and TAP `tap` at `host_cidr`, up.
-    pub fn with_tap(name: &str, tap: &str, host_cidr: &str) -> NetNs {
+    /// Creates namespace `name` with loopback up.
+    pub fn new(name: &str) -> NetNs {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         ip(&["netns", "add", name]);
         let ns = NetNs { name: name.into() };
         ip(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Creates namespace `name` with loopback up and TAP `tap` at `host_cidr`, up.
+    pub fn with_tap(name: &str, tap: &str, host_cidr: &str) -> NetNs {
+        let ns = NetNs::new(name);
         ns.add_tap(tap, host_cidr);
         ns
     }
@@ -36,8 +42,21 @@ impl NetNs {
     /// Adds TAP `tap` at `host_cidr`, up.
     pub fn add_tap(&self, tap: &str, host_cidr: &str) {
         ip(&["-n", &self.name, "tuntap", "add", tap, "mode", "tap"]);
-        ip(&["-n", &self.name, "addr", "add", host_cidr, "dev", tap]);
-        ip(&["-n", &self.name, "link", "set", tap, "up"]);
+        self.configure(tap, host_cidr);
+    }
+
+    /// Gives existing interface `dev` the address `host_cidr` and brings it up.
+    pub fn configure(&self, dev: &str, host_cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", host_cidr, "dev", dev]);
+        ip(&["-n", &self.name, "link", "set", dev, "up"]);
+    }
+
+    /// Whether interface `dev` exists in the namespace.
+    pub fn has_link(&self, dev: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", dev])
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// `ip netns exec <ns>` followed by `cmd`: the argument list to run a program inside.

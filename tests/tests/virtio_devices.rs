@@ -206,10 +206,10 @@ fn test_stream(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// In a private network namespace, two NICs: eth0 on a TAP kiln-vmm opens by name, eth1 on a
-/// TAP descriptor the test opens and kiln-vmm inherits (as the launcher pod will pass one). The
-/// guest pings the host on both, the host pings the guest, then 50 MiB go host → guest and
-/// 4 MiB guest → host over TCP, SHA-256 compared at both ends.
+/// In a private network namespace, two NICs: eth0 on a TAP kiln-vmm creates by name (and that
+/// disappears with it), eth1 on a TAP descriptor the test opens and kiln-vmm inherits (as the
+/// launcher pod will pass one). The guest pings the host on both, the host pings the guest,
+/// then 50 MiB go host → guest and 4 MiB guest → host over TCP, SHA-256 compared at both ends.
 #[test]
 fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
     let dir = scratch_dir("virtio-net");
@@ -220,23 +220,7 @@ fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
     let sent_sha = sha256_file(&data_file);
     let expected_back = test_stream(NET_BACK_MIB << 20);
 
-    let ns = NetNs::with_tap(
-        &format!("kiln-test-{}", std::process::id()),
-        "kt0",
-        "10.0.2.1/24",
-    );
-    let server = ns.spawn_inside(move || {
-        let send = TcpListener::bind("10.0.2.1:5001").expect("bind 5001");
-        let recv = TcpListener::bind("10.0.2.1:5002").expect("bind 5002");
-        let (mut c, _) = send.accept().expect("guest connects to 5001");
-        c.write_all(&data).expect("sending to the guest");
-        drop(c);
-        let (mut c, _) = recv.accept().expect("guest connects to 5002");
-        let mut back = Vec::new();
-        c.read_to_end(&mut back).expect("receiving from the guest");
-        back
-    });
-
+    let ns = NetNs::new(&format!("kiln-test-{}", std::process::id()));
     ns.add_tap("kt1", "10.0.3.1/24");
     let inherited = ns
         .spawn_inside(|| Tap::open_named("kt1").expect("opening TAP kt1"))
@@ -257,6 +241,28 @@ fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
         ],
     ));
     let mut run = VmmRun::spawn(Path::new("ip"), &ns.exec_args(&cmd));
+    // kiln-vmm creates kt0; the host side of it is ours to configure, as with any TAP.
+    let created = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        ns.has_link("kt0")
+    });
+    assert!(
+        created,
+        "kiln-vmm did not create TAP kt0:\n{}",
+        run.transcript()
+    );
+    ns.configure("kt0", "10.0.2.1/24");
+    let server = ns.spawn_inside(move || {
+        let send = TcpListener::bind("10.0.2.1:5001").expect("bind 5001");
+        let recv = TcpListener::bind("10.0.2.1:5002").expect("bind 5002");
+        let (mut c, _) = send.accept().expect("guest connects to 5001");
+        c.write_all(&data).expect("sending to the guest");
+        drop(c);
+        let (mut c, _) = recv.accept().expect("guest connects to 5002");
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).expect("receiving from the guest");
+        back
+    });
     assert_eq!(
         line_value(&mut run, "GUEST_MACS"),
         "06:00:0a:00:02:02 06:00:0a:00:03:02"

@@ -58,8 +58,8 @@ fn config_space(sectors: u64) -> Vec<u8> {
 impl RequestHandler for BlockRequests {
     const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
     const NAME: &'static str = "virtio-blk";
-    /// Bigger chains get an error status.
-    const MAX_REQUEST_BYTES: u64 = 128 << 20;
+    /// The virtio limit on a chain (4 GiB); each buffer is also checked against guest memory.
+    const MAX_REQUEST_BYTES: u64 = u32::MAX as u64;
 
     fn features(&self) -> u64 {
         self.features
