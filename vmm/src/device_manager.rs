@@ -2,6 +2,8 @@
 
 mod virtio;
 
+pub use virtio::{DeviceSubscriber, VirtioSetupError};
+
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -17,12 +19,10 @@ use devices::EventFdTrigger;
 use thiserror::Error;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::layout::{BOOT_TIMER_SIZE, BOOT_TIMER_START};
-pub use virtio::{DeviceSubscriber, VirtioSetupError};
-use vm_memory::GuestMemoryMmap;
-
 use crate::resources::VmResources;
 use crate::vm_exit::ExitCoordinator;
 use crate::vmm_config::SerialConfig;

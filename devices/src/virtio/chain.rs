@@ -93,10 +93,6 @@ impl Chain {
     pub fn writable(&self) -> impl Iterator<Item = &Segment> {
         self.segments.iter().filter(|s| s.writable)
     }
-
-    pub fn writable_len(&self) -> u64 {
-        self.writable().map(|s| u64::from(s.len)).sum()
-    }
 }
 
 /// Host iovecs for guest buffers, for one vectored system call. Each buffer was checked against

@@ -69,14 +69,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             .collect()
     }
 
-    pub fn device(&self) -> &Arc<Mutex<D>> {
-        &self.device
-    }
-
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         // Queue setup is only allowed between FEATURES_OK and DRIVER_OK.
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {

@@ -49,10 +49,6 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
         })
     }
 
-    pub fn handler(&self) -> &H {
-        &self.handler
-    }
-
     fn process(&mut self) {
         let Some(Active {
             mem,

@@ -185,17 +185,6 @@ impl Tap {
         io::Read::read(&mut &self.file, buf)
     }
 
-    /// Reads one frame (vnet header first) into the buffers.
-    pub fn read_vectored(&self, iov: &[libc::iovec]) -> io::Result<usize> {
-        let n = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: each iovec points at memory (guest buffers) that stays mapped for the call.
-        let r = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), n) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as usize)
-    }
-
     /// Writes one frame (vnet header first) from the buffers.
     pub fn write_vectored(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         let n = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
