@@ -2,7 +2,9 @@
 //! signals and timeouts. A run that is dropped kills its own child (by pid) and reaps it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::thread;
@@ -71,8 +73,30 @@ impl VmmRun {
 
     /// Like [`VmmRun::spawn`], with `input` written to the child's stdin (then kept open).
     pub fn spawn_with_input(program: &Path, args: &[String], input: Option<&[u8]>) -> VmmRun {
+        Self::spawn_full(Command::new(program), args, input)
+    }
+
+    /// Like [`VmmRun::spawn`], and the child (only) inherits descriptor `fd` of this process
+    /// under the same number, as a launcher hands a TAP to kiln-vmm.
+    pub fn spawn_inheriting(program: &Path, args: &[String], fd: RawFd) -> VmmRun {
+        let mut cmd = Command::new(program);
+        // SAFETY: runs in the child between fork and exec; fcntl is async-signal-safe and only
+        // clears close-on-exec on the descriptor the child is meant to inherit.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn_full(cmd, args, None)
+    }
+
+    fn spawn_full(mut cmd: Command, args: &[String], input: Option<&[u8]>) -> VmmRun {
         let spawned = Instant::now();
-        let mut child = Command::new(program)
+        let program = PathBuf::from(cmd.get_program());
+        let mut child = cmd
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()

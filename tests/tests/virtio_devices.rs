@@ -227,8 +227,6 @@ fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
         .join()
         .expect("TAP thread");
     let fd = inherited.as_raw_fd();
-    // SAFETY: clears close-on-exec on a descriptor this test owns, so kiln-vmm inherits it.
-    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
 
     let mut cmd = vec![kiln_vmm().display().to_string()];
     cmd.extend(vmm_args(
@@ -240,7 +238,7 @@ fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
             format!("fd={fd},mac=06:00:0a:00:03:02"),
         ],
     ));
-    let mut run = VmmRun::spawn(Path::new("ip"), &ns.exec_args(&cmd));
+    let mut run = VmmRun::spawn_inheriting(Path::new("ip"), &ns.exec_args(&cmd), fd);
     // kiln-vmm creates kt0; the host side of it is ours to configure, as with any TAP.
     let created = (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
