@@ -297,7 +297,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 }
 
 /// A poisoned lock means a device thread panicked; its state is still the best there is.
-pub(super) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -54,7 +54,9 @@ pub fn receive(
         if pending.len == 0 {
             match tap.read(&mut pending.buf) {
                 Ok(n) if n >= VNET_HDR_LEN => pending.len = n,
-                Ok(_) => continue,
+                // Shorter than its header: not a frame; skip it.
+                Ok(n) if n > 0 => continue,
+                Ok(_) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     warn!("virtio-net: reading from TAP {}: {e}", tap.name());
