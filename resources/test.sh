@@ -23,3 +23,5 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --workspace
 KILN_GUEST_DIR=$guest KILN_VMM=$target/release/kiln-vmm cargo test --release --workspace
+# The live API socket against its OpenAPI document, fuzzed (installs schemathesis from PyPI once).
+KILN_VMM=$target/release/kiln-vmm resources/api/schemathesis.sh

@@ -1,6 +1,7 @@
 //! Helpers shared by Kiln's end-to-end tests and benchmarks: where the guest artefacts and the
 //! kiln-vmm binary are, running a VMM with timestamped output, and tiny hand-made guests.
 
+pub mod api_client;
 pub mod guest_image;
 pub mod netns;
 pub mod process;

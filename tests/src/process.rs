@@ -158,6 +158,39 @@ impl VmmRun {
         }
     }
 
+    /// Collects output for `duration`.
+    pub fn collect(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
+    /// How many lines seen so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.seen.iter().filter(|l| l.text.contains(needle)).count()
+    }
+
+    /// CPU time (user + system) of the child's thread named `name`, in clock ticks.
+    pub fn thread_cpu_ticks(&self, name: &str) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+        }
+        None
+    }
+
     /// Waits for the process to exit (collecting its remaining output); `None` on timeout.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -123,7 +123,7 @@ fn load_guest(
     let mut t = Instant::now();
     let mc = &res.machine_config;
     let mem_bytes = mc.mem_bytes();
-    let bs = &res.boot_source;
+    let bs = res.boot_source()?;
     let kernel = boot_loader::load_kernel(mem, mem_bytes, &bs.kernel_image_path)?;
     debug!(
         "kernel entry {:#x} ({:?}), ends at {:#x}",

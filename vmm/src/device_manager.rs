@@ -1,7 +1,9 @@
 //! Attaches Kiln's platform and virtio devices to the I/O buses and wires their interrupts to KVM.
 
+mod blocks;
 mod virtio;
 
+pub use blocks::{BlockDevices, DriveUpdateError};
 pub use virtio::{DeviceSubscriber, VirtioSetupError};
 
 use std::fs::OpenOptions;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use devices::legacy::{
     DebugExit, SerialConsole, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042, I8042_DATA_PORT,
-    I8042_PORT_COUNT, SERIAL_PORT_COUNT,
+    I8042_PORT_COUNT, KEYBOARD_IRQ, SERIAL_PORT_COUNT,
 };
 use devices::pseudo::BootTimer;
 use devices::EventFdTrigger;
@@ -53,6 +55,10 @@ pub struct PlatformDevices {
     pub boot_time: Arc<Mutex<Option<Duration>>>,
     /// Event handlers of the virtio devices (queues and backends).
     pub virtio: Vec<DeviceSubscriber>,
+    /// The block devices by drive id (post-boot drive updates).
+    pub blocks: BlockDevices,
+    /// The keyboard controller (Ctrl-Alt-Del).
+    pub i8042: Arc<Mutex<I8042>>,
 }
 
 fn serial_sink(cfg: &SerialConfig) -> Result<Box<dyn Write + Send>, DeviceError> {
@@ -108,9 +114,17 @@ pub fn attach_devices(
     )
     .map_err(|e| DeviceError::Bus("serial", e))?;
 
-    let i8042 = Arc::new(Mutex::new(I8042::new(exits.clone())));
-    io.register_pio(range(I8042_DATA_PORT, I8042_PORT_COUNT, "i8042")?, i8042)
-        .map_err(|e| DeviceError::Bus("i8042", e))?;
+    let kbd_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&kbd_evt, KEYBOARD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        exits.clone(),
+        EventFdTrigger::new(kbd_evt),
+    )));
+    io.register_pio(
+        range(I8042_DATA_PORT, I8042_PORT_COUNT, "i8042")?,
+        i8042.clone(),
+    )
+    .map_err(|e| DeviceError::Bus("i8042", e))?;
 
     let debug_exit = Arc::new(Mutex::new(DebugExit::new(exits)));
     io.register_pio(range(DEBUG_EXIT_PORT, 4, "debug-exit")?, debug_exit)
@@ -125,11 +139,13 @@ pub fn attach_devices(
             .map_err(|e| DeviceError::Bus("boot timer", e))?;
     }
 
-    let virtio = virtio::attach_virtio_devices(vm, &mut io, mem, res)?;
+    let (virtio, blocks) = virtio::attach_virtio_devices(vm, &mut io, mem, res)?;
     Ok(PlatformDevices {
         io: Arc::new(io),
         serial,
         boot_time,
         virtio,
+        blocks,
+        i8042,
     })
 }

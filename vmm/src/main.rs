@@ -1,7 +1,9 @@
-//! kiln-vmm: boot a Linux guest from the command line and exit with the guest's outcome.
+//! kiln-vmm: boot a Linux guest from the command line, a config file or the HTTP API, and exit
+//! with the guest's outcome.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -9,8 +11,12 @@ use tracing::{error, info, Level};
 
 use vmm::arch::x86_64::mptable::MAX_CPUS;
 use vmm::builder::{build_vm, full_cmdline, resolve_template};
+use vmm::logger::{self, LogControl};
 use vmm::resources::VmResources;
-use vmm::runtime::{run_vm, TerminalMode};
+use vmm::rpc_interface::runtime::RuntimeApi;
+use vmm::rpc_interface::waiting::{serve_after_exit, serve_until_start, WaitEnd};
+use vmm::rpc_interface::{api_channel, preboot, RunState, VmmInfo};
+use vmm::runtime::{run_vm, StopSignals, TerminalMode};
 use vmm::vm_exit::{exit_code, VmExit};
 use vmm::vmm_config::machine_config::DEFAULT_MEM_MIB;
 use vmm::vmm_config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig};
@@ -18,21 +24,45 @@ use vmm::vmm_config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, S
 /// Kiln's KVM virtual machine monitor: boots Linux directly (PVH vmlinux, or bzImage through
 /// the 64-bit boot protocol) with a serial console and virtio-mmio disks, NICs and entropy.
 ///
+/// Three ways to describe the VM: --kernel and the options after it; --config-file (the JSON of
+/// the API's GET /vm/config); or the Firecracker-compatible HTTP API on --api-sock, which waits
+/// for configuration and InstanceStart. With --api-sock and one of the others, the VM boots at
+/// once and the API serves the running VM.
+///
 /// Exit status: 0 guest powered off or rebooted; N the guest wrote N to the debug-exit port
 /// (0xf4); 1 VMM error; 2 usage error; 3 guest kernel panic; 4 vCPU failure (emulation
 /// failure, KVM internal error, stuck vCPU); 128+N stopped by signal N.
 #[derive(Debug, Parser)]
 #[command(name = "kiln-vmm", version)]
 struct Cli {
+    /// Serve the HTTP API on this unix socket (created owner-only; a stale one is replaced).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Boot the VM this JSON file describes (the format of GET /vm/config).
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    config_file: Option<PathBuf>,
+    /// No API socket (Firecracker's flag; kiln-vmm serves no API unless --api-sock is given).
+    #[arg(long, conflicts_with = "api_sock")]
+    no_api: bool,
+    /// Instance id reported by GET /.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    id: String,
+    /// Largest API request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = api::server::DEFAULT_MAX_PAYLOAD)]
+    http_api_max_payload_size: usize,
+    /// After the VM ends keep serving the API (GET /kiln/v1/state shows the exit) until
+    /// SIGTERM, SIGINT or SIGHUP; then exit with the VM's status.
+    #[arg(long, requires = "api_sock")]
+    linger: bool,
     /// Kernel image: an x86_64 ELF vmlinux (PVH entry if present) or a bzImage.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initial ramdisk (for example an uncompressed cpio archive).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", requires = "kernel")]
     initrd: Option<PathBuf>,
     /// Kernel command line (default "console=ttyS0"). Kiln puts its platform options and the
     /// CPU template's before it, so options given here win.
-    #[arg(long, value_name = "ARGS")]
+    #[arg(long, value_name = "ARGS", requires = "kernel")]
     cmdline: Option<String>,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_MIB)]
@@ -54,15 +84,15 @@ struct Cli {
     /// A virtio-blk disk backed by a raw image: PATH[,ro][,id=SERIAL]. Repeatable; the first is
     /// /dev/vda (boot from it with --cmdline "root=/dev/vda ..."). `ro` makes the disk read-only
     /// (writes fail with an I/O error); `id` is the serial the guest reads.
-    #[arg(long = "disk", value_name = "SPEC")]
+    #[arg(long = "disk", value_name = "SPEC", requires = "kernel")]
     disks: Vec<DriveConfig>,
     /// A virtio-net NIC on a TAP device: tap=NAME[,mac=MAC] (the interface is created when
     /// missing, which needs CAP_NET_ADMIN) or fd=N[,mac=MAC] (an inherited TAP descriptor opened
     /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). Repeatable: eth0, eth1, ...
-    #[arg(long = "net", value_name = "SPEC")]
+    #[arg(long = "net", value_name = "SPEC", requires = "kernel")]
     nets: Vec<NetConfig>,
     /// A virtio-rng entropy device fed from the host's getrandom(2) (/dev/hwrng in the guest).
-    #[arg(long)]
+    #[arg(long, requires = "kernel")]
     entropy: bool,
     /// Fail the VM when a vCPU makes no progress for this many seconds (0 disables).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -76,9 +106,19 @@ struct Cli {
 }
 
 impl Cli {
-    fn resources(&self) -> VmResources {
+    /// Settings that apply however the VM is described.
+    fn apply_process_options(&self, res: &mut VmResources) {
+        let Ok(serial) = self.serial_out.parse::<SerialConfig>();
+        res.serial = serial;
+        res.boot_timer = self.boot_timer;
+        res.stuck_timeout =
+            (self.stuck_timeout > 0).then(|| Duration::from_secs(self.stuck_timeout));
+    }
+
+    /// The VM `--kernel` and the options after it describe.
+    fn resources_from_flags(&self, kernel: &Path) -> VmResources {
         let mut res = VmResources::new(BootSourceConfig {
-            kernel_image_path: self.kernel.clone(),
+            kernel_image_path: kernel.to_owned(),
             initrd_path: self.initrd.clone(),
             boot_args: self.cmdline.clone(),
         });
@@ -88,63 +128,189 @@ impl Cli {
             mem_size_mib: self.mem,
             cpu_template,
         };
-        let Ok(serial) = self.serial_out.parse::<SerialConfig>();
-        res.serial = serial;
-        res.boot_timer = self.boot_timer;
-        res.stuck_timeout =
-            (self.stuck_timeout > 0).then(|| Duration::from_secs(self.stuck_timeout));
         res.drives = self.disks.clone();
+        for (i, d) in res.drives.iter_mut().enumerate() {
+            if d.drive_id.is_empty() {
+                d.drive_id = format!("disk{i}");
+            }
+        }
         res.nets = self.nets.clone();
+        for (i, n) in res.nets.iter_mut().enumerate() {
+            n.iface_id = format!("net{i}");
+        }
         res.entropy = self.entropy;
         res
     }
 }
 
-fn run(res: &VmResources, start: Instant) -> Result<VmExit, String> {
-    let built = build_vm(res, start).map_err(|e| e.to_string())?;
-    let _terminal = matches!(res.serial, SerialConfig::Stdout).then(TerminalMode::enter);
-    run_vm(built, res.stuck_timeout, start).map_err(|e| e.to_string())
+/// Removes the API socket when kiln-vmm exits normally.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// How a run ended without a guest outcome.
+enum Failure {
+    Usage(String),
+    Vmm(String),
+    Signal(i32),
+}
+
+fn vmm_err(e: impl std::fmt::Display) -> Failure {
+    Failure::Vmm(e.to_string())
+}
+
+fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
+    if cli.kernel.is_none() && cli.config_file.is_none() && cli.api_sock.is_none() {
+        return Err(Failure::Usage(
+            "nothing to run: give --kernel, --config-file or --api-sock (see --help)".into(),
+        ));
+    }
+    // Before any thread exists, so that every thread inherits the blocked stop signals.
+    let signals = StopSignals::install().map_err(vmm_err)?;
+    let mut info = new_info(cli, log, start);
+    let (receiver, _socket) = match &cli.api_sock {
+        Some(path) => {
+            let listener = api::bind(path).map_err(vmm_err)?;
+            let socket = SocketFile(path.clone());
+            let (sender, receiver) = api_channel().map_err(vmm_err)?;
+            let config = api::ServerConfig {
+                max_payload: cli.http_api_max_payload_size,
+                ..Default::default()
+            };
+            api::spawn(listener, sender, config, info.counters.clone()).map_err(vmm_err)?;
+            info!(
+                "API listening on {} after {:.3} ms",
+                path.display(),
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            (Some(receiver), Some(socket))
+        }
+        None => (None, None),
+    };
+
+    let described = match (&cli.config_file, &cli.kernel) {
+        (Some(file), _) => {
+            Some(preboot::from_config_file(file, &mut info).map_err(Failure::Usage)?)
+        }
+        (None, Some(kernel)) => Some(cli.resources_from_flags(kernel)),
+        (None, None) => None,
+    };
+    let (built, res, start_reply) = match (described, &receiver) {
+        (Some(mut res), _) => {
+            cli.apply_process_options(&mut res);
+            (build_vm(&res, start).map_err(vmm_err)?, res, None)
+        }
+        (None, Some(receiver)) => {
+            let mut res = VmResources::empty();
+            cli.apply_process_options(&mut res);
+            let waited = serve_until_start(receiver, &mut res, &mut info, &signals, |r| {
+                build_vm(r, start).map_err(|e| e.to_string())
+            });
+            match waited {
+                Ok((built, reply)) => (built, res, Some(reply)),
+                Err(WaitEnd::Signal(sig)) => return Err(Failure::Signal(sig)),
+                Err(WaitEnd::ServerGone) => {
+                    return Err(Failure::Vmm("the API server stopped".into()))
+                }
+            }
+        }
+        (None, None) => return Err(Failure::Usage("nothing to run".into())),
+    };
+    info.vm_started = Some(start.elapsed());
+
+    let terminal = matches!(res.serial, SerialConfig::Stdout).then(TerminalMode::enter);
+    let stuck_timeout = res.stuck_timeout;
+    let api = receiver.map(|receiver| RuntimeApi {
+        receiver,
+        info,
+        res,
+        start_reply,
+    });
+    let (exit, api) = run_vm(
+        built,
+        stuck_timeout,
+        start,
+        signals.try_clone().map_err(vmm_err)?,
+        api,
+    )
+    .map_err(vmm_err)?;
+    drop(terminal);
+    let code = exit.exit_code();
+    match exit {
+        VmExit::Panic | VmExit::VcpuFailure(_) | VmExit::VcpuStuck(_) => {
+            error!("{} (exit status {code})", exit.describe())
+        }
+        _ => info!("{} (exit status {code})", exit.describe()),
+    }
+    if cli.linger {
+        if let Some(api) = api {
+            let state = RunState::Exited(exit);
+            serve_after_exit(&api.receiver, &api.res, &api.info, &state, &signals);
+        }
+    }
+    Ok(code)
+}
+
+fn new_info(cli: &Cli, log: LogControl, start: Instant) -> VmmInfo {
+    VmmInfo {
+        id: cli.id.clone(),
+        start,
+        counters: Arc::default(),
+        log,
+        metrics: None,
+        vm_started: None,
+        boot_time: None,
+    }
+}
+
+/// `--print-cmdline`: the guest command line the VM described by --kernel or --config-file gets.
+fn print_cmdline(cli: &Cli, log: LogControl, start: Instant) -> ExitCode {
+    let res = match (&cli.config_file, &cli.kernel) {
+        (Some(file), _) => preboot::from_config_file(file, &mut new_info(cli, log, start)),
+        (None, Some(kernel)) => Ok(cli.resources_from_flags(kernel)),
+        (None, None) => Err("--print-cmdline needs --kernel or --config-file".into()),
+    };
+    let cmdline = res.and_then(|res| {
+        resolve_template(&res)
+            .and_then(|t| full_cmdline(&res, t.as_ref()))
+            .map_err(|e| e.to_string())
+    });
+    match cmdline {
+        Ok(cmdline) => {
+            println!("{cmdline}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(exit_code::VMM_ERROR as u8)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(cli.log_level)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let res = cli.resources();
+    let log = logger::init(cli.log_level);
 
     if cli.print_cmdline {
-        return match resolve_template(&res).and_then(|t| full_cmdline(&res, t.as_ref())) {
-            Ok(cmdline) => {
-                println!("{cmdline}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(exit_code::VMM_ERROR as u8)
-            }
-        };
+        return print_cmdline(&cli, log, start);
     }
 
-    let code = match run(&res, start) {
-        Ok(exit) => {
-            let code = exit.exit_code();
-            match exit {
-                VmExit::Panic | VmExit::VcpuFailure(_) | VmExit::VcpuStuck(_) => {
-                    error!("{} (exit status {code})", exit.describe())
-                }
-                _ => info!("{} (exit status {code})", exit.describe()),
-            }
-            code
+    let code = match run(&cli, log, start) {
+        Ok(code) => code,
+        Err(Failure::Usage(e)) => {
+            error!("{e}");
+            2
         }
-        Err(e) => {
+        Err(Failure::Vmm(e)) => {
             error!("{e}");
             exit_code::VMM_ERROR
         }
+        Err(Failure::Signal(sig)) => exit_code::SIGNAL_BASE + sig,
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

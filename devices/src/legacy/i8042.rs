@@ -1,16 +1,40 @@
-//! i8042 keyboard controller: enough of it for Linux to probe it and to reset the machine.
+//! i8042 keyboard controller: enough of it for Linux to probe it, to reset the machine, and to
+//! type Ctrl-Alt-Del (the API's SendCtrlAltDel) on its keyboard port.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use thiserror::Error;
+use tracing::warn;
 use vm_device::bus::{PioAddress, PioAddressOffset};
 use vm_device::MutDevicePio;
+use vm_superio::Trigger;
 
-use crate::{ExitSink, GuestExitRequest};
+use crate::{EventFdTrigger, ExitSink, GuestExitRequest};
 
 /// Data port; the controller decodes 0x60..=0x64 (status/command at 0x64).
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_PORT_COUNT: u16 = 5;
+/// The keyboard's interrupt line.
+pub const KEYBOARD_IRQ: u32 = 1;
+
+/// Ctrl, Alt and Delete pressed, then released, in scan code set 2 (the controller does not
+/// translate): the guest's keyboard driver sees the three-finger salute.
+const CTRL_ALT_DEL: [u8; 11] = [
+    0x14, 0x11, 0xe0, 0x71, // press Ctrl, Alt, Delete
+    0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14, // release them
+];
+const OUTPUT_CAPACITY: usize = 16;
+const CONFIG_KBD_INT: u8 = 0x01;
+const CONFIG_KBD_DISABLED: u8 = 0x10;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KeyboardError {
+    #[error("the guest has not read earlier keystrokes yet (keyboard buffer full)")]
+    BufferFull,
+    #[error("the guest disabled its keyboard (no keyboard driver, or it is not listening)")]
+    Disabled,
+}
 const COMMAND_OFFSET: u16 = 4;
 
 const STATUS_OUTPUT_FULL: u8 = 0x01;
@@ -44,31 +68,73 @@ enum DataTarget {
     OutputPort,
 }
 
-/// The controller. Interrupts are not modelled: the keyboard never produces input on its own.
+/// The controller. Replies to commands are polled by the guest; keystrokes raise IRQ 1, one
+/// byte per interrupt, as on a PC.
 pub struct I8042 {
     config: u8,
     status: u8,
     output: VecDeque<u8>,
+    /// Of the bytes in `output`, how many at the end are keystrokes (they raise interrupts).
+    keystrokes: usize,
     data_target: DataTarget,
     exit: Arc<dyn ExitSink>,
+    irq: EventFdTrigger,
 }
 
 impl I8042 {
-    pub fn new(exit: Arc<dyn ExitSink>) -> Self {
+    pub fn new(exit: Arc<dyn ExitSink>, irq: EventFdTrigger) -> Self {
         I8042 {
-            config: 0x45, // translate, system flag, keyboard interrupt enabled
+            config: 0x05, // system flag, keyboard interrupt enabled, no translation
             status: STATUS_SYSTEM_FLAG,
             output: VecDeque::new(),
+            keystrokes: 0,
             data_target: DataTarget::Keyboard,
             exit,
+            irq,
         }
     }
 
     fn push_output(&mut self, bytes: &[u8]) {
         // A bounded queue: a guest hammering the controller cannot grow it.
-        if self.output.len() + bytes.len() <= 16 {
+        if self.output.len() + bytes.len() <= OUTPUT_CAPACITY {
             self.output.extend(bytes);
         }
+    }
+
+    /// Types Ctrl-Alt-Del on the keyboard.
+    pub fn trigger_ctrl_alt_del(&mut self) -> Result<(), KeyboardError> {
+        if self.config & CONFIG_KBD_DISABLED != 0 || self.config & CONFIG_KBD_INT == 0 {
+            return Err(KeyboardError::Disabled);
+        }
+        if self.output.len() + CTRL_ALT_DEL.len() > OUTPUT_CAPACITY {
+            return Err(KeyboardError::BufferFull);
+        }
+        let was_empty = self.output.is_empty();
+        self.output.extend(CTRL_ALT_DEL);
+        self.keystrokes += CTRL_ALT_DEL.len();
+        if was_empty {
+            self.interrupt();
+        }
+        Ok(())
+    }
+
+    fn interrupt(&self) {
+        if self.config & CONFIG_KBD_INT != 0 {
+            if let Err(e) = self.irq.trigger() {
+                warn!("i8042: cannot raise the keyboard interrupt: {e}");
+            }
+        }
+    }
+
+    fn read_data(&mut self) -> u8 {
+        let Some(byte) = self.output.pop_front() else {
+            return 0;
+        };
+        self.keystrokes = self.keystrokes.min(self.output.len());
+        if self.keystrokes > 0 {
+            self.interrupt();
+        }
+        byte
     }
 
     fn status(&self) -> u8 {
@@ -123,7 +189,7 @@ impl MutDevicePio for I8042 {
             return;
         }
         data[0] = match offset {
-            0 => self.output.pop_front().unwrap_or(0),
+            0 => self.read_data(),
             COMMAND_OFFSET => self.status(),
             _ => 0xff,
         };
@@ -156,7 +222,47 @@ mod tests {
 
     fn dev() -> (I8042, Arc<Recorder>) {
         let rec = Arc::new(Recorder::default());
-        (I8042::new(rec.clone()), rec)
+        (I8042::new(rec.clone(), irq()), rec)
+    }
+
+    fn irq() -> EventFdTrigger {
+        EventFdTrigger::new(
+            vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+        )
+    }
+
+    /// Interrupts raised since the last call.
+    fn interrupts(d: &I8042) -> u64 {
+        d.irq.event_fd().read().unwrap_or(0)
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_typed_one_interrupt_per_byte() {
+        let (mut d, _) = dev();
+        d.trigger_ctrl_alt_del().unwrap();
+        assert_eq!(interrupts(&d), 1);
+        let mut typed = Vec::new();
+        while read(&mut d, 4) & STATUS_OUTPUT_FULL != 0 {
+            typed.push(read(&mut d, 0));
+        }
+        assert_eq!(typed, CTRL_ALT_DEL);
+        // Each byte read with more behind it raises the next interrupt.
+        assert_eq!(interrupts(&d), CTRL_ALT_DEL.len() as u64 - 1);
+        d.trigger_ctrl_alt_del().unwrap();
+        assert_eq!(d.trigger_ctrl_alt_del(), Err(KeyboardError::BufferFull));
+    }
+
+    #[test]
+    fn no_keystrokes_while_the_guest_has_the_keyboard_disabled() {
+        let (mut d, _) = dev();
+        d.pio_write(PioAddress(I8042_DATA_PORT), 4, &[0x60]);
+        d.pio_write(PioAddress(I8042_DATA_PORT), 0, &[0x04]);
+        assert_eq!(d.trigger_ctrl_alt_del(), Err(KeyboardError::Disabled));
+        assert_eq!(interrupts(&d), 0);
+        // Command replies are polled: no interrupt.
+        d.pio_write(PioAddress(I8042_DATA_PORT), 4, &[0xaa]);
+        assert_eq!(read(&mut d, 0), 0x55);
+        assert_eq!(interrupts(&d), 0);
     }
 
     fn read(d: &mut I8042, off: u16) -> u8 {

@@ -49,6 +49,17 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
         })
     }
 
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// Raises the configuration-change interrupt, if the driver has activated the device.
+    pub fn signal_config_change(&self) {
+        if let Some(active) = &self.active {
+            active.interrupt.signal_config_change();
+        }
+    }
+
     fn process(&mut self) {
         let Some(Active {
             mem,

@@ -14,7 +14,8 @@
  *
  * While holding or running the shell it acts on the signals init conventionally gets:
  * SIGUSR1/SIGUSR2 (busybox halt/poweroff) power off, SIGTERM (busybox reboot) and SIGINT
- * (Ctrl-Alt-Del, which init asks the kernel to deliver as a signal) reboot.
+ * (Ctrl-Alt-Del, which a kernel with a VT delivers as a signal) reboot. Kiln's kernel has no VT,
+ * so init also watches the keyboard's event device (SIGIO) for Ctrl-Alt-Del itself.
  *
  * A static C program rather than a shell script: on hosts that emulate guest ring-0 code every
  * fork and exec costs seconds, and the marker should measure the kernel, not the shell.
@@ -31,6 +32,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,6 +46,74 @@ static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 
 static void on_signal(int sig) { requested = sig; }
 
+/* The kernel's input ABI (linux/input.h; musl ships no kernel headers). */
+struct input_event {
+	struct timeval time;
+	uint16_t type, code;
+	int32_t value;
+};
+#define EV_KEY 1
+#define KEY_LEFTCTRL 29
+#define KEY_LEFTALT 56
+#define KEY_RIGHTCTRL 97
+#define KEY_RIGHTALT 100
+#define KEY_DELETE 111
+#define KEY_MAX 0x2ff
+#define EVIOCGBIT(ev, len) _IOC(_IOC_READ, 'E', 0x20 + (ev), (len))
+
+static int keyboard = -1;
+static int ctrl_down, alt_down;
+
+/* Opens the first event device that has a Delete key and asks for SIGIO when it has input. */
+static void watch_keyboard(void) {
+	char path[32];
+	for (int i = 0; i < 8 && keyboard < 0; i++) {
+		unsigned long keys[KEY_MAX / (8 * sizeof(long)) + 1] = {0};
+		snprintf(path, sizeof(path), "/dev/input/event%d", i);
+		int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		int bits = 8 * sizeof(long);
+		if (ioctl(fd, EVIOCGBIT(EV_KEY, sizeof(keys)), keys) >= 0 &&
+		    (keys[KEY_DELETE / bits] >> (KEY_DELETE % bits)) & 1) {
+			keyboard = fd;
+			fcntl(fd, F_SETOWN, getpid());
+			fcntl(fd, F_SETFL, O_NONBLOCK | O_ASYNC);
+		} else {
+			close(fd);
+		}
+	}
+}
+
+/* Reads pending key events; true once Delete is pressed while Ctrl and Alt are held. */
+static int ctrl_alt_del_typed(void) {
+	struct input_event ev[16];
+	ssize_t n;
+	int typed = 0;
+	while (keyboard >= 0 && (n = read(keyboard, ev, sizeof(ev))) > 0) {
+		for (size_t i = 0; i < (size_t)n / sizeof(ev[0]); i++) {
+			if (ev[i].type != EV_KEY)
+				continue;
+			int down = ev[i].value != 0;
+			switch (ev[i].code) {
+			case KEY_LEFTCTRL:
+			case KEY_RIGHTCTRL:
+				ctrl_down = down;
+				break;
+			case KEY_LEFTALT:
+			case KEY_RIGHTALT:
+				alt_down = down;
+				break;
+			case KEY_DELETE:
+				if (ev[i].value == 1 && ctrl_down && alt_down)
+					typed = 1;
+				break;
+			}
+		}
+	}
+	return typed;
+}
+
 static void catch_init_signals(void) {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -52,7 +122,9 @@ static void catch_init_signals(void) {
 	sigaction(SIGUSR2, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
-	reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del arrives as SIGINT */
+	sigaction(SIGIO, &sa, NULL);
+	reboot(RB_DISABLE_CAD); /* with a VT, Ctrl-Alt-Del arrives as SIGINT */
+	watch_keyboard();
 }
 
 static void mount_fs(const char *type, const char *dir) {
@@ -111,8 +183,18 @@ static void act_on_signal(void) {
 		power_off(0);
 		break;
 	case SIGTERM:
-	case SIGINT:
 		do_reboot();
+		break;
+	case SIGINT:
+		say("kiln-init: Ctrl-Alt-Del: syncing and rebooting\n");
+		do_reboot();
+		break;
+	case SIGIO:
+		requested = 0;
+		if (ctrl_alt_del_typed()) {
+			say("kiln-init: Ctrl-Alt-Del: syncing and rebooting\n");
+			do_reboot();
+		}
 		break;
 	}
 }

@@ -19,9 +19,10 @@ use vm_device::device_manager::{IoManager, MmioManager};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::blocks::BlockDevices;
 use crate::arch::x86_64::layout::virtio_slot;
 use crate::resources::{VirtioDeviceConfig, VmResources};
-use crate::vmm_config::{NetConfig, TapBackend};
+use crate::vmm_config::{CacheType, NetConfig, TapBackend};
 use crate::vstate::vm::{Vm, VmError};
 
 /// A device's event handler, for the VMM's event loop.
@@ -49,19 +50,21 @@ pub enum VirtioSetupError {
     Vm(#[from] VmError),
 }
 
-/// Every virtio device `res` describes, attached to `io`; returns their event handlers.
+/// Every virtio device `res` describes, attached to `io`; returns their event handlers and
+/// handles on the block devices.
 pub fn attach_virtio_devices(
     vm: &Vm,
     io: &mut IoManager,
     mem: &GuestMemoryMmap,
     res: &VmResources,
-) -> Result<Vec<DeviceSubscriber>, VirtioSetupError> {
+) -> Result<(Vec<DeviceSubscriber>, BlockDevices), VirtioSetupError> {
     let mut subscribers = Vec::new();
+    let mut blocks = BlockDevices::default();
     for (index, cfg) in res.virtio_devices().enumerate() {
         let slot = virtio_slot(index);
         let sub = match cfg {
             VirtioDeviceConfig::Drive(d) => {
-                let disk = DiskImage::open(&d.path_on_host, d.is_read_only, d.id.as_deref())?;
+                let disk = DiskImage::open(&d.path_on_host, d.is_read_only, d.serial.as_deref())?;
                 info!(
                     "virtio-blk at {:#x}: {} ({} MiB{})",
                     slot.0,
@@ -69,23 +72,26 @@ pub fn attach_virtio_devices(
                     disk.sectors() >> 11,
                     if d.is_read_only { ", read-only" } else { "" }
                 );
-                let dev = Block::new(disk).map_err(VirtioSetupError::EventFd)?;
-                attach(vm, io, mem, slot, dev)?
+                let flush = d.cache_type == CacheType::Writeback;
+                let dev = Block::with_flush(disk, flush).map_err(VirtioSetupError::EventFd)?;
+                let dev = attach(vm, io, mem, slot, dev)?;
+                blocks.0.push((d.drive_id.clone(), dev.clone()));
+                dev as DeviceSubscriber
             }
             VirtioDeviceConfig::Net(n) => {
                 let tap = open_tap(n)?;
                 info!("virtio-net at {:#x}: TAP {}", slot.0, tap.name());
                 let dev = Net::new(tap, n.guest_mac).map_err(VirtioSetupError::EventFd)?;
-                attach(vm, io, mem, slot, dev)?
+                attach(vm, io, mem, slot, dev)? as DeviceSubscriber
             }
             VirtioDeviceConfig::Entropy => {
                 let dev = Rng::new().map_err(VirtioSetupError::EventFd)?;
-                attach(vm, io, mem, slot, dev)?
+                attach(vm, io, mem, slot, dev)? as DeviceSubscriber
             }
         };
         subscribers.push(sub);
     }
-    Ok(subscribers)
+    Ok((subscribers, blocks))
 }
 
 fn open_tap(cfg: &NetConfig) -> Result<Tap, TapError> {
@@ -101,7 +107,7 @@ fn attach<D>(
     mem: &GuestMemoryMmap,
     (base, irq): (u64, u32),
     device: D,
-) -> Result<DeviceSubscriber, VirtioSetupError>
+) -> Result<Arc<Mutex<D>>, VirtioSetupError>
 where
     D: VirtioDevice + MutEventSubscriber + 'static,
 {

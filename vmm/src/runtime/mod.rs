@@ -19,11 +19,13 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use console_input::ConsoleInput;
 pub use console_input::TerminalMode;
-use signals::StopSignals;
+pub use signals::StopSignals;
 use watchdog::{kick, Watchdog, TICK};
 
 use crate::builder::BuiltVm;
+use crate::rpc_interface::runtime::{RuntimeApi, RuntimeController, VmHandles};
 use crate::vm_exit::{ExitCoordinator, VmExit};
+use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu_loop::{register_kick_handler, run_vcpu, VcpuContext, VcpuHealth};
 
 /// How long a stop waits for vCPU threads before giving up on them.
@@ -80,15 +82,18 @@ impl MutEventSubscriber for Control {
     }
 }
 
-/// Runs `built` until it ends; returns why. `stuck_timeout` of `None` disables the watchdog.
+/// Runs `built` until it ends; returns why, and the API state if the API was on. `signals`
+/// must have been installed before any thread was started (threads inherit the mask). A
+/// `stuck_timeout` of `None` disables the watchdog. With `api`, requests are served on the
+/// event loop while the VM runs (and the pending InstanceStart is answered once it does).
 pub fn run_vm(
     built: BuiltVm,
     stuck_timeout: Option<Duration>,
     start: Instant,
-) -> Result<VmExit, RunError> {
+    signals: StopSignals,
+    api: Option<RuntimeApi>,
+) -> Result<(VmExit, Option<RuntimeApi>), RunError> {
     let ev_err = |e: &dyn std::fmt::Debug| RunError::EventLoop(format!("{e:?}"));
-    // Before any thread exists, so that every vCPU thread inherits the blocked stop signals.
-    let signals = StopSignals::install().map_err(|e| ev_err(&e))?;
     register_kick_handler().map_err(|e| ev_err(&e))?;
 
     let BuiltVm {
@@ -100,6 +105,7 @@ pub fn run_vm(
         cmdline: _,
     } = built;
     let stop = Arc::new(AtomicBool::new(false));
+    let pause = Arc::new(PauseControl::default());
     let mut threads: Vec<(JoinHandle<()>, Arc<VcpuHealth>)> = Vec::new();
     for vcpu in vcpus {
         let health = Arc::new(VcpuHealth::default());
@@ -108,6 +114,7 @@ pub fn run_vm(
             exits: exits.clone(),
             stop: stop.clone(),
             health: health.clone(),
+            pause: pause.clone(),
             mem: mem.clone(),
             start,
         };
@@ -143,6 +150,21 @@ pub fn run_vm(
     for device in &devices.virtio {
         em.add_subscriber(device.clone());
     }
+    let controller = api.map(|api| {
+        let pthreads: Vec<libc::pthread_t> =
+            threads.iter().map(|(h, _)| h.as_pthread_t()).collect();
+        let handles = VmHandles {
+            pause: pause.clone(),
+            vcpu_count: pthreads.len(),
+            kick_vcpus: Box::new(move || pthreads.iter().for_each(|t| kick(*t))),
+            i8042: devices.i8042.clone(),
+            blocks: devices.blocks.clone(),
+            boot_time: devices.boot_time.clone(),
+        };
+        let c = Arc::new(Mutex::new(RuntimeController::new(api, handles)));
+        em.add_subscriber(c.clone());
+        c
+    });
 
     let outcome = loop {
         if let Some(outcome) = exits.outcome() {
@@ -156,7 +178,12 @@ pub fn run_vm(
 
     stop_vcpus(&stop, threads);
     drop(vm);
-    Ok(outcome.classify(&mem))
+    drop(em);
+    let api = controller.and_then(|c| {
+        let c = Arc::try_unwrap(c).ok()?;
+        Some(c.into_inner().unwrap_or_else(|p| p.into_inner()).into_api())
+    });
+    Ok((outcome.classify(&mem), api))
 }
 
 /// Asks every vCPU thread to stop, kicking until it leaves KVM_RUN, and joins those that do.

@@ -38,6 +38,13 @@ impl StopSignals {
         })
     }
 
+    /// A second handle on the same signalfd.
+    pub fn try_clone(&self) -> io::Result<StopSignals> {
+        Ok(StopSignals {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// The next pending stop signal, if any.
     pub fn read(&self) -> Option<i32> {
         // SAFETY: signalfd_siginfo is plain data.

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use api::models::BootSource;
 use thiserror::Error;
 
 use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
@@ -23,6 +24,8 @@ pub enum BootSourceError {
     CmdlineTooLong(usize),
     #[error("kernel command line must be printable ASCII on one line (found byte {0:#04x})")]
     CmdlineInvalidByte(u8),
+    #[error("kernel_image_path is empty")]
+    NoKernel,
 }
 
 impl BootSourceConfig {
@@ -33,7 +36,32 @@ impl BootSourceConfig {
 
     /// Checks what can be checked without touching files or KVM.
     pub fn validate(&self) -> Result<(), BootSourceError> {
+        if self.kernel_image_path.as_os_str().is_empty() {
+            return Err(BootSourceError::NoKernel);
+        }
         check_cmdline(self.boot_args())
+    }
+
+    pub fn to_api(&self) -> BootSource {
+        BootSource {
+            kernel_image_path: self.kernel_image_path.display().to_string(),
+            initrd_path: self.initrd_path.as_ref().map(|p| p.display().to_string()),
+            boot_args: self.boot_args.clone(),
+        }
+    }
+}
+
+impl TryFrom<&BootSource> for BootSourceConfig {
+    type Error = BootSourceError;
+
+    fn try_from(b: &BootSource) -> Result<Self, Self::Error> {
+        let cfg = BootSourceConfig {
+            kernel_image_path: b.kernel_image_path.clone().into(),
+            initrd_path: b.initrd_path.as_ref().map(PathBuf::from),
+            boot_args: b.boot_args.clone(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Machine configuration: vCPU count, memory size, CPU template.
+//! Machine configuration: vCPU count, memory size, CPU template (CLI flags or `/machine-config`).
 
+use api::models::MachineConfiguration;
 use thiserror::Error;
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
@@ -36,6 +37,44 @@ pub enum MachineConfigError {
     MemTooSmall(u64),
     #[error("guest memory of {requested} MiB is more than this host has ({host} MiB)")]
     MemTooLarge { requested: u64, host: u64 },
+    #[error("{0} is not supported by kiln-vmm (only {1})")]
+    Unsupported(&'static str, &'static str),
+}
+
+impl TryFrom<&MachineConfiguration> for MachineConfig {
+    type Error = MachineConfigError;
+
+    /// Firecracker's machine configuration; the values are range-checked by `validate`.
+    fn try_from(m: &MachineConfiguration) -> Result<Self, Self::Error> {
+        if m.smt == Some(true) {
+            return Err(MachineConfigError::Unsupported("smt: true", "false"));
+        }
+        if m.track_dirty_pages == Some(true) {
+            return Err(MachineConfigError::Unsupported(
+                "track_dirty_pages: true",
+                "false",
+            ));
+        }
+        if m.huge_pages.as_deref().is_some_and(|h| h != "None") {
+            return Err(MachineConfigError::Unsupported(
+                "huge_pages other than None",
+                "None",
+            ));
+        }
+        let cpu_template = match m.cpu_template.as_deref() {
+            None | Some("auto") | Some("Auto") => TemplateChoice::Auto,
+            Some("None") | Some("none") => TemplateChoice::None,
+            Some(other) => {
+                let Ok(choice) = other.parse();
+                choice
+            }
+        };
+        Ok(MachineConfig {
+            vcpu_count: m.vcpu_count,
+            mem_size_mib: m.mem_size_mib,
+            cpu_template,
+        })
+    }
 }
 
 impl MachineConfig {
@@ -60,6 +99,23 @@ impl MachineConfig {
 
     pub fn mem_bytes(&self) -> u64 {
         self.mem_size_mib << 20
+    }
+
+    /// The API's view (`GET /machine-config`); an automatic CPU template is left out.
+    pub fn to_api(&self) -> MachineConfiguration {
+        MachineConfiguration {
+            vcpu_count: self.vcpu_count,
+            mem_size_mib: self.mem_size_mib,
+            smt: Some(false),
+            cpu_template: match &self.cpu_template {
+                TemplateChoice::Auto => None,
+                TemplateChoice::None => Some("None".into()),
+                TemplateChoice::Builtin(name) => Some(name.clone()),
+                TemplateChoice::File(path) => Some(path.display().to_string()),
+            },
+            track_dirty_pages: Some(false),
+            huge_pages: Some("None".into()),
+        }
     }
 }
 
@@ -98,6 +154,29 @@ mod tests {
                 host: 1024
             })
         );
+    }
+
+    #[test]
+    fn api_round_trip_and_unsupported_fields() {
+        let mut m = MachineConfiguration {
+            vcpu_count: 2,
+            mem_size_mib: 256,
+            cpu_template: Some("pvm-host".into()),
+            ..Default::default()
+        };
+        let c = MachineConfig::try_from(&m).unwrap();
+        assert_eq!(c.cpu_template, TemplateChoice::Builtin("pvm-host".into()));
+        assert_eq!(MachineConfig::try_from(&c.to_api()).unwrap(), c);
+        m.cpu_template = Some("None".into());
+        assert_eq!(
+            MachineConfig::try_from(&m).unwrap().cpu_template,
+            TemplateChoice::None
+        );
+        m.smt = Some(true);
+        assert!(MachineConfig::try_from(&m).is_err());
+        m.smt = None;
+        m.huge_pages = Some("2M".into());
+        assert!(MachineConfig::try_from(&m).is_err());
     }
 
     #[test]

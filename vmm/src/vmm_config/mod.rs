@@ -8,7 +8,7 @@ pub mod net;
 pub mod serial;
 
 pub use boot_source::{BootSourceConfig, BootSourceError};
-pub use drive::{DriveConfig, DriveConfigError};
+pub use drive::{CacheType, DriveConfig, DriveConfigError};
 pub use machine_config::{MachineConfig, MachineConfigError};
 pub use net::{NetConfig, NetConfigError, TapBackend};
 pub use serial::SerialConfig;

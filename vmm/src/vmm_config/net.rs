@@ -1,8 +1,10 @@
-//! A virtio-net NIC on a TAP device (`--net tap=NAME[,mac=MAC]` or `--net fd=N[,mac=MAC]`).
+//! A virtio-net NIC on a TAP device (`--net tap=NAME[,mac=MAC]`, `--net fd=N[,mac=MAC]`, or the
+//! API's NetworkInterface resource).
 
 use std::os::fd::RawFd;
 use std::str::FromStr;
 
+use api::models::{no_rate_limiter, NetworkInterface};
 use devices::virtio::net::MacAddr;
 use thiserror::Error;
 
@@ -17,6 +19,8 @@ pub enum TapBackend {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The API's id (`--net` NICs are named net0, net1, ...).
+    pub iface_id: String,
     pub tap: TapBackend,
     /// The guest's MAC address; without one the guest picks a random address.
     pub guest_mac: Option<MacAddr>,
@@ -34,6 +38,8 @@ pub enum NetConfigError {
     BadFd(String),
     #[error("{0}")]
     BadMac(String),
+    #[error("network interface {0}: rate limiters are not supported by kiln-vmm")]
+    RateLimiter(String),
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -73,9 +79,48 @@ impl FromStr for NetConfig {
             }
         }
         Ok(NetConfig {
+            iface_id: String::new(),
             tap: tap.ok_or(NetConfigError::MissingTap)?,
             guest_mac,
         })
+    }
+}
+
+impl TryFrom<&NetworkInterface> for NetConfig {
+    type Error = NetConfigError;
+
+    fn try_from(n: &NetworkInterface) -> Result<Self, Self::Error> {
+        if !no_rate_limiter(&n.rx_rate_limiter) || !no_rate_limiter(&n.tx_rate_limiter) {
+            return Err(NetConfigError::RateLimiter(n.iface_id.clone()));
+        }
+        if !valid_ifname(&n.host_dev_name) {
+            return Err(NetConfigError::BadName(n.host_dev_name.clone()));
+        }
+        let guest_mac = match &n.guest_mac {
+            Some(mac) => Some(mac.parse().map_err(NetConfigError::BadMac)?),
+            None => None,
+        };
+        Ok(NetConfig {
+            iface_id: n.iface_id.clone(),
+            tap: TapBackend::Name(n.host_dev_name.clone()),
+            guest_mac,
+        })
+    }
+}
+
+impl NetConfig {
+    /// The API's view of this NIC (an inherited descriptor shows as `fd:N`).
+    pub fn to_api(&self) -> NetworkInterface {
+        NetworkInterface {
+            iface_id: self.iface_id.clone(),
+            host_dev_name: match &self.tap {
+                TapBackend::Name(n) => n.clone(),
+                TapBackend::Fd(fd) => format!("fd:{fd}"),
+            },
+            guest_mac: self.guest_mac.map(|m| m.to_string()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }
     }
 }
 

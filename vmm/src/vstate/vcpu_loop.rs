@@ -15,6 +15,7 @@ use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::pause::PauseControl;
 use super::vcpu::Vcpu;
 use crate::vm_exit::{ExitCoordinator, VmExit};
 
@@ -35,6 +36,7 @@ pub struct VcpuContext {
     pub exits: Arc<ExitCoordinator>,
     pub stop: Arc<AtomicBool>,
     pub health: Arc<VcpuHealth>,
+    pub pause: Arc<PauseControl>,
     pub mem: GuestMemoryMmap,
     pub start: Instant,
 }
@@ -75,6 +77,12 @@ pub fn run_vcpu(mut vcpu: Vcpu, ctx: VcpuContext) {
         );
     }
     while !ctx.stop.load(Ordering::Acquire) {
+        if ctx.pause.requested() {
+            ctx.pause.park(&ctx.stop);
+            // Time spent paused is not a stall.
+            ctx.health.stalled_since.store(0, Ordering::Release);
+            continue;
+        }
         ctx.health
             .in_guest_since
             .store(stamp(ctx.start), Ordering::Release);

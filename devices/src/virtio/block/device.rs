@@ -23,9 +23,18 @@ pub struct BlockRequests {
 }
 
 impl Block {
+    /// A disk whose guest flushes reach the image (VIRTIO_BLK_F_FLUSH, fdatasync).
     pub fn new(disk: DiskImage) -> std::io::Result<Block> {
-        let mut features =
-            COMMON_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_FLUSH);
+        Self::with_flush(disk, true)
+    }
+
+    /// `flush` false leaves VIRTIO_BLK_F_FLUSH out (Firecracker's `Unsafe` cache type): the
+    /// guest's writes end in the host's page cache without ever being synced.
+    pub fn with_flush(disk: DiskImage, flush: bool) -> std::io::Result<Block> {
+        let mut features = COMMON_FEATURES | (1 << VIRTIO_BLK_F_SEG_MAX);
+        if flush {
+            features |= 1 << VIRTIO_BLK_F_FLUSH;
+        }
         if disk.read_only() {
             features |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -37,6 +46,23 @@ impl Block {
             features,
             config,
         })
+    }
+}
+
+impl Block {
+    /// Swaps the backing image (same read-only mode) and tells the driver the capacity may
+    /// have changed. In-flight requests finished before this call: the device runs on the
+    /// same thread as the caller.
+    pub fn replace_disk(&mut self, disk: DiskImage) {
+        let handler = self.handler_mut();
+        handler.config = config_space(disk.sectors());
+        handler.disk = disk;
+        self.signal_config_change();
+    }
+
+    /// The image's read-only mode.
+    pub fn read_only(&mut self) -> bool {
+        self.handler_mut().disk.read_only()
     }
 }
 

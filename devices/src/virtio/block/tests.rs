@@ -302,3 +302,22 @@ fn opening_bad_images_fails_clearly() {
     let e = DiskImage::open(img.as_path(), false, None).unwrap_err();
     assert!(matches!(e, DiskError::Locked(_)), "{e}");
 }
+
+#[test]
+fn unsafe_cache_leaves_flush_out_and_replacing_the_disk_updates_capacity() {
+    let (a, b) = (image(8), image(64));
+    let dev = Block::with_flush(DiskImage::open(a.as_path(), false, None).unwrap(), false).unwrap();
+    assert_eq!(dev.features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    drop(dev); // releases the image lock
+    let mut dev = block(a.as_path(), false);
+    assert_ne!(dev.features() & (1 << VIRTIO_BLK_F_FLUSH), 0);
+    let mem = guest_memory();
+    let q = mock_queue(&mem, 0);
+    let act = activation(&mem, &[&q], 0);
+    let irq = act.interrupt.clone();
+    dev.activate(act).unwrap();
+    assert_eq!(&dev.config_space()[..8], &8u64.to_le_bytes());
+    dev.replace_disk(DiskImage::open(b.as_path(), false, None).unwrap());
+    assert_eq!(&dev.config_space()[..8], &64u64.to_le_bytes());
+    assert_eq!(irq.status() & 2, 2, "config-change interrupt raised");
+}

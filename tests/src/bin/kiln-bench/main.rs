@@ -5,6 +5,8 @@
 //!   kiln-bench overhead [--runs N] [--qemu PATH]  whole-VMM cost: spawn -> tiny guest exits -> reaped
 //!   kiln-bench virtio [--runs N] [--disk-mib M] [--rand-secs S] [--net-mib M]
 //!                                                 disk and TCP throughput, VMM CPU per GB, vs QEMU
+//!   kiln-bench api [--runs N] [--requests N] [--running]
+//!                                                 API start-up (wall, CPU) and request latency
 //!
 //! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
 //! target/. Runs alternate so that a noisy shared machine affects both sides alike.
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod api;
 mod virtio;
 
 use kiln_tests::process::VmmRun;
@@ -342,9 +345,10 @@ fn main() {
         Some("startup") => bench_startup(&args[1..]),
         Some("overhead") => bench_overhead(&args[1..]),
         Some("virtio") => virtio::bench_virtio(&args[1..]),
+        Some("api") => api::bench_api(&args[1..]),
         _ => {
             eprintln!(
-                "usage: kiln-bench boot|startup|overhead|virtio [--runs N] ... (see the top of main.rs)"
+                "usage: kiln-bench boot|startup|overhead|virtio|api [--runs N] ... (see the top of main.rs)"
             );
             std::process::exit(2);
         }
