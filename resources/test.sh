@@ -16,6 +16,8 @@ if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || { echo "test: missing ${missing[*]} (apt-get install them)" >&2; exit 1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
 fi
+# The Firecracker Go SDK compatibility test builds a Go program (modules from the Go proxy).
+command -v go >/dev/null || { echo "test: needs Go (the Firecracker SDK test builds with it)" >&2; exit 1; }
 guest=$(resources/guest/build.sh)
 target=${CARGO_TARGET_DIR:-$root/target}
 

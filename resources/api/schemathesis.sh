@@ -46,6 +46,7 @@ fi
 
 vmm=${KILN_VMM:-$root/target/release/kiln-vmm}
 [[ -x "$vmm" ]] || { log "kiln-vmm not built: cargo build --release -p vmm"; exit 1; }
+vmm=$(realpath "$vmm")
 work=$(mktemp -d /tmp/kiln-schemathesis.XXXXXX)
 chmod 0777 "$work"
 pids=()
