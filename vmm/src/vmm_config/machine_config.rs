@@ -119,10 +119,14 @@ impl MachineConfig {
     }
 }
 
-/// The host's total memory in MiB, from /proc/meminfo.
+/// The host's total memory in MiB, from /proc/meminfo (read once: it does not change, and API
+/// requests validate against it).
 pub fn host_mem_mib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total_mib(&meminfo)
+    static HOST_MEM_MIB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *HOST_MEM_MIB.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        parse_mem_total_mib(&meminfo)
+    })
 }
 
 fn parse_mem_total_mib(meminfo: &str) -> Option<u64> {

@@ -138,6 +138,29 @@ fn latency(
     )
 }
 
+/// The machine's floor: a thread that answers every request with a fixed 200 at once, over the
+/// same kind of socket, measured the same way in the same run.
+fn spawn_echo(sock: &Path) {
+    let listener = std::os::unix::net::UnixListener::bind(sock).expect("binding the echo socket");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let close = String::from_utf8_lossy(&buf[..n]).contains("Connection: close");
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                    if conn.write_all(reply).is_err() || close {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
 fn latency_table(sock: &Path, n: usize, phase: &str) {
     let mc = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
     let cases: &[(&str, &str, &str)] = if phase == "before boot" {
@@ -190,6 +213,19 @@ pub fn bench_api(args: &[String]) {
     println!("\nRequest latency (µs)\n");
     println!("| request | VM | connection | n | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|---|");
+    let echo = dir.join("echo.sock");
+    spawn_echo(&echo);
+    for keep in [true, false] {
+        let (p50, p99, max) = latency(&echo, "GET", "/", "", n, keep);
+        println!(
+            "| floor: fixed reply from a thread | - | {} | {n} | {p50:.0} | {p99:.0} | {max:.0} |",
+            if keep {
+                "kept alive"
+            } else {
+                "new per request"
+            }
+        );
+    }
     let sock = dir.join("latency.sock");
     let child = spawn_api_only(&sock);
     let deadline = Instant::now() + Duration::from_secs(10);
