@@ -142,6 +142,10 @@ async fn serve(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let config = Arc::new(config);
     loop {
+        // Back-pressure: past the limit, new connections wait in the socket's backlog.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -150,10 +154,6 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!("API server: connection limit reached; dropping a connection");
-            continue;
         };
         let (sink, config, counters) = (sink.clone(), config.clone(), counters.clone());
         tokio::spawn(async move {
