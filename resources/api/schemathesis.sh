@@ -19,11 +19,8 @@ seed=${KILN_ST_SEED:-20261127}
 
 log() { echo "schemathesis: $*" >&2; }
 
-cache_root() {
-  if [[ -n "${KILN_CACHE:-}" ]]; then echo "$KILN_CACHE"
-  elif mkdir -p /var/cache/kiln 2>/dev/null && [[ -w /var/cache/kiln ]]; then echo /var/cache/kiln
-  else echo "${XDG_CACHE_HOME:-$HOME/.cache}/kiln"; fi
-}
+# shellcheck source=../lib/cache.sh
+source "$here/../lib/cache.sh"
 
 need=()
 command -v socat >/dev/null || need+=(socat)

@@ -15,11 +15,8 @@ K8S_VERSION=${K8S_VERSION:-1.34.4}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log() { echo "build-kubernetes: $*" >&2; }
 
-cache_root() {
-  if [[ -n "${KILN_CACHE:-}" ]]; then echo "$KILN_CACHE"
-  elif mkdir -p /var/cache/kiln 2>/dev/null && [[ -w /var/cache/kiln ]]; then echo /var/cache/kiln
-  else echo "${XDG_CACHE_HOME:-$HOME/.cache}/kiln"; fi
-}
+# shellcheck source=../lib/cache.sh
+source "$here/../lib/cache.sh"
 command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { log "needs Go"; exit 1; }
 

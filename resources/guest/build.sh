@@ -16,11 +16,8 @@ force=0
 
 log() { echo "guest-build: $*" >&2; }
 
-cache_root() {
-  if [[ -n "${KILN_CACHE:-}" ]]; then echo "$KILN_CACHE"
-  elif mkdir -p /var/cache/kiln 2>/dev/null && [[ -w /var/cache/kiln ]]; then echo /var/cache/kiln
-  else echo "${XDG_CACHE_HOME:-$HOME/.cache}/kiln"; fi
-}
+# shellcheck source=../lib/cache.sh
+source "$here/../lib/cache.sh"
 
 PACKAGES=(linux-source-6.1 busybox-static build-essential flex bison bc libelf-dev libssl-dev
   cpio xz-utils e2fsprogs patch musl-tools)
