@@ -226,3 +226,42 @@ fn bad_virtio_device_options() {
     args.extend(many.iter().map(String::as_str));
     expect_error(&args, 1, "20 virtio devices requested; at most 19 fit");
 }
+
+#[test]
+fn bad_config_files_and_api_flags() {
+    let dir = scratch_dir("bad-config-file");
+    let cases: &[(&str, &str)] = &[
+        ("{", "config file"),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "cpus": 2}"#,
+            "unknown field `cpus`",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+            "no boot source",
+        ),
+        (
+            r#"{"boot-source": {"kernel_image_path": "/nonexistent"}}"#,
+            "cannot be opened",
+        ),
+        (
+            r#"{"vsock": {"guest_cid": 3, "uds_path": "/v"}}"#,
+            "does not support vsock",
+        ),
+    ];
+    for (i, (json, needle)) in cases.iter().enumerate() {
+        let f = dir.join(format!("c{i}.json"));
+        std::fs::write(&f, json).unwrap();
+        expect_error(
+            &["--no-api", "--config-file", &f.display().to_string()],
+            2,
+            needle,
+        );
+    }
+    expect_error(&["--log-level", "info"], 2, "nothing to run");
+    expect_error(
+        &["--no-api", "--api-sock", "/tmp/x"],
+        2,
+        "cannot be used with",
+    );
+}
