@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Kubernetes' server binaries from the official sources, through the Go module proxy, and
 # prints the folder that holds them: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet and kubectl, in one `go build` sharing its cache. Cached under
+# kubelet, kube-proxy and kubectl, in one `go build` sharing its cache. Cached under
 # $KILN_CACHE/kubernetes-<version>-<hash of this script>.
 #
 # The module zip of k8s.io/kubernetes omits the staging/ folder (each staging repository is a
@@ -49,7 +49,7 @@ done
 mkdir -p "$out.tmp"
 log "building (cold: tens of minutes on 2 cores)"
 GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp/" \
-  ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubelet ./cmd/kubectl
+  ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubelet ./cmd/kube-proxy ./cmd/kubectl
 rm -rf "$out" && mv "$out.tmp" "$out"
 rm -rf "$work"
 echo "$out"

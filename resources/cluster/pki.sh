@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # Certificates and kubeconfigs for Kiln's single-node cluster, generated locally with openssl
-# once per cluster folder: a CA, the API server's serving and kubelet-client certificates, one
-# client certificate per component (admin, controller-manager, scheduler, the node), the
-# kubelet's serving certificate, and the service-account key pair.
+# once per cluster folder (each file only if missing): a CA, the API server's serving and
+# kubelet-client certificates, one client certificate per component (admin, controller-manager,
+# scheduler, the node, kube-proxy), the kubelet's serving certificate, and the service-account
+# key pair.
 #
 #   resources/cluster/pki.sh DIR NODE_NAME NODE_IP      (writes DIR/pki and DIR/*.kubeconfig)
 set -euo pipefail
 dir=$1 node=$2 ip=$3
 pki=$dir/pki
 mkdir -p "$pki"
-[[ -f "$pki/.complete" ]] && exit 0
 cd "$pki"
 umask 077
 
-openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+[[ -f ca.crt ]] || openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
   -subj "/CN=kiln-cluster-ca" 2>/dev/null
 
 # cert NAME SUBJECT [SANS]: a key and a CA-signed certificate.
 cert() {
   local name=$1 subj=$2 sans=${3:-}
+  [[ -f "$name.crt" ]] && return 0
   openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" 2>/dev/null
   {
     echo "basicConstraints=CA:FALSE"
@@ -43,14 +44,14 @@ cert controller-manager "/CN=system:kube-controller-manager"
 cert scheduler "/CN=system:kube-scheduler"
 cert node "/O=system:nodes/CN=system:node:$node"
 cert kubelet-serving "/CN=$node" "DNS:$node,DNS:localhost,IP:127.0.0.1,IP:$ip"
-cert provisioner "/O=system:masters/CN=kiln-local-path-provisioner"
-openssl genrsa -out sa.key 2048 2>/dev/null
-openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+cert kube-proxy "/CN=system:kube-proxy"
+[[ -f sa.pub ]] || openssl genrsa -out sa.key 2048 2>/dev/null
+[[ -f sa.pub ]] || openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 
 # kubeconfig NAME CERT: a kubeconfig for the API server at 127.0.0.1:6443.
 kubeconfig() {
   local name=$1 c=$2
-  cat > "$dir/$name.kubeconfig" <<EOF
+  cat > "$dir/$name.kubeconfig.new" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -68,10 +69,15 @@ contexts:
   context: {cluster: kiln, user: $name}
 current-context: kiln
 EOF
+  # Rewritten only when different: running components read these.
+  if cmp -s "$dir/$name.kubeconfig.new" "$dir/$name.kubeconfig"; then
+    rm -f "$dir/$name.kubeconfig.new"
+  else
+    mv "$dir/$name.kubeconfig.new" "$dir/$name.kubeconfig"
+  fi
 }
 kubeconfig admin admin
 kubeconfig controller-manager controller-manager
 kubeconfig scheduler scheduler
 kubeconfig kubelet node
-kubeconfig provisioner provisioner
-touch "$pki/.complete"
+kubeconfig kube-proxy kube-proxy

@@ -1,20 +1,24 @@
 //! The development cluster (resources/cluster/cluster, issue 5): `up` brings a node to Ready
 //! with Kubernetes built from its official Go modules; a pod runs to completion and its log is
-//! read through the API; a pod that requests devices.kiln.dev/kvm sees /dev/kvm and one that
-//! does not, does not; `down` leaves none of the processes, mounts, network namespaces or
-//! interfaces it made. Uses its own cluster folder, but the fixed ports (6443, 2379) and bridge
-//! (kiln0): stop a developer cluster on the same machine first.
+//! read through the API; a PVC binds through the local-path provisioner (which itself reaches
+//! the API server through the kubernetes service, so kube-proxy works) and pods write and read
+//! it; a pod that requests devices.kiln.dev/kvm sees /dev/kvm and one that does not, does not;
+//! Kiln's kiln-vmm image (`load-images`) boots a tiny guest inside a pod; `down` leaves none of
+//! the processes, mounts, network namespaces, interfaces or iptables chains it made. Uses its
+//! own cluster folder, but the fixed ports (6443, 2379) and bridge (kiln0): stop a developer
+//! cluster on the same machine first.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{scratch_dir, workspace_root};
+use kiln_tests::{kiln_vmm, scratch_dir, tiny_guest, workspace_root};
 
 fn cluster(dir: &Path, args: &[&str]) -> Output {
     Command::new(workspace_root().join("resources/cluster/cluster"))
         .args(args)
         .env("KILN_CLUSTER_DIR", dir)
+        .env("KILN_VMM", kiln_vmm())
         .output()
         .expect("running resources/cluster/cluster")
 }
@@ -29,6 +33,12 @@ fn ok(out: &Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn kubectl(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["kubectl"];
+    all.extend_from_slice(args);
+    ok(&cluster(dir, &all), &format!("kubectl {}", args.join(" ")))
+}
+
 /// Brings the cluster down however the test ends.
 struct Down<'a>(&'a Path);
 
@@ -38,27 +48,26 @@ impl Drop for Down<'_> {
     }
 }
 
-/// A pod running `script` in kiln.local/busybox:dev, with `resources` for its container.
-fn pod(name: &str, script: &str, resources: &str) -> String {
+/// A pod running `script` in kiln.local/busybox:dev; `container` is appended to its container's
+/// fields, `spec` to the pod spec's.
+fn pod(name: &str, script: &str, container: &str, spec: &str) -> String {
     format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
  "spec": {{"restartPolicy": "Never", "dnsPolicy": "Default", "containers": [{{"name": "main",
-  "image": "kiln.local/busybox:dev", "imagePullPolicy": "Never", "resources": {resources},
-  "command": ["/bin/sh", "-c", "{script}"]}}]}}}}"#
+  "image": "kiln.local/busybox:dev", "imagePullPolicy": "Never",
+  "command": ["/bin/sh", "-c", "{script}"]{container}}}]{spec}}}}}"#
     )
 }
 
-/// Creates the pod, waits until it has run, and returns its log.
-fn run_pod(dir: &Path, name: &str, json: &str) -> String {
+fn apply(dir: &Path, name: &str, json: &str) {
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, json).unwrap();
-    ok(
-        &cluster(
-            dir,
-            &["kubectl", "apply", "-f", &file.display().to_string()],
-        ),
-        "apply",
-    );
+    kubectl(dir, &["apply", "-f", &file.display().to_string()]);
+}
+
+/// Creates the pod, waits until it has ended, and returns its phase and log.
+fn finish_pod(dir: &Path, name: &str, json: &str) -> (String, String) {
+    apply(dir, name, json);
     let deadline = Instant::now() + Duration::from_secs(180);
     let phase = loop {
         let out = cluster(
@@ -78,18 +87,25 @@ fn run_pod(dir: &Path, name: &str, json: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    let logs = cluster(dir, &["kubectl", "logs", name]);
+    (phase, String::from_utf8_lossy(&logs.stdout).into_owned())
+}
+
+/// Runs the pod to completion, which must succeed; returns its log.
+fn run_pod(dir: &Path, name: &str, json: &str) -> String {
+    let (phase, logs) = finish_pod(dir, name, json);
     let describe = cluster(dir, &["kubectl", "describe", "pod", name]);
     assert_eq!(
         phase,
         "Succeeded",
-        "{}",
+        "{logs}\n{}",
         String::from_utf8_lossy(&describe.stdout)
     );
-    ok(&cluster(dir, &["kubectl", "logs", name]), "logs")
+    logs
 }
 
 #[test]
-fn cluster_up_runs_a_pod_and_down_leaves_nothing() {
+fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     let dir = scratch_dir("cluster");
     let _down = Down(&dir);
     let kubeconfig = ok(&cluster(&dir, &["up"]), "cluster up");
@@ -97,10 +113,7 @@ fn cluster_up_runs_a_pod_and_down_leaves_nothing() {
         kubeconfig.trim(),
         dir.join("admin.kubeconfig").display().to_string()
     );
-    let node = ok(
-        &cluster(&dir, &["kubectl", "get", "nodes", "-o", "wide"]),
-        "get nodes",
-    );
+    let node = kubectl(&dir, &["get", "nodes", "-o", "wide"]);
     assert!(node.contains(" Ready ") && node.contains("v1.34"), "{node}");
     // Idempotent: a second `up` finds everything running.
     ok(&cluster(&dir, &["up"]), "second cluster up");
@@ -111,22 +124,15 @@ fn cluster_up_runs_a_pod_and_down_leaves_nothing() {
         &pod(
             "hello",
             "echo hello from a pod; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace",
-            "{}",
+            "",
+            "",
         ),
     );
     assert_eq!(logs, "hello from a pod\ndefault");
 
-    // /dev/kvm the Kubernetes way: only for pods that ask for it.
-    let kvm = r#"{"limits": {"devices.kiln.dev/kvm": "1"}}"#;
-    let probe = "if [ -c /dev/kvm ]; then echo kvm: yes; ls -l /dev/kvm; else echo kvm: no; fi";
-    let with = run_pod(&dir, "with-kvm", &pod("with-kvm", probe, kvm));
-    assert!(with.starts_with("kvm: yes\ncrw"), "{with}");
-    assert!(
-        with.contains(" 10, 232 "),
-        "the real /dev/kvm (10:232): {with}"
-    );
-    let without = run_pod(&dir, "without-kvm", &pod("without-kvm", probe, "{}"));
-    assert_eq!(without, "kvm: no\n");
+    persistent_volume_claims_bind_and_keep_data(&dir);
+    kvm_only_for_pods_that_request_it(&dir);
+    kiln_vmm_image_boots_a_guest_in_a_pod(&dir);
 
     let pids: Vec<i32> = std::fs::read_dir(dir.join("pids"))
         .unwrap()
@@ -135,10 +141,146 @@ fn cluster_up_runs_a_pod_and_down_leaves_nothing() {
         .collect();
     assert_eq!(
         pids.len(),
-        7,
-        "etcd, apiserver, controller-manager, scheduler, containerd, kubelet, kvm device plugin"
+        8,
+        "etcd, apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy, \
+         kvm device plugin"
     );
+    // All still running after the second `up` and the workloads.
+    for pid in &pids {
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} has exited: {}",
+            ok(&cluster(&dir, &["status"]), "status")
+        );
+    }
     ok(&cluster(&dir, &["down"]), "cluster down");
+    down_left_nothing(&dir, &pids);
+    ok(&cluster(&dir, &["down"]), "second cluster down");
+}
+
+/// The default StorageClass (local-path) binds a claim when its first pod is scheduled; data a
+/// pod writes is there for the next pod; deleting the claim deletes the volume and its folder.
+fn persistent_volume_claims_bind_and_keep_data(dir: &Path) {
+    apply(
+        dir,
+        "pvc",
+        r#"{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+ "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}"#,
+    );
+    let mount = r#", "volumeMounts": [{"name": "data", "mountPath": "/data"}]"#;
+    let claim =
+        r#", "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]"#;
+    let written = run_pod(
+        dir,
+        "writer",
+        &pod(
+            "writer",
+            "echo kept > /data/file && echo wrote",
+            mount,
+            claim,
+        ),
+    );
+    assert_eq!(written, "wrote\n");
+    let bound = kubectl(
+        dir,
+        &[
+            "get",
+            "pvc",
+            "data",
+            "-o",
+            "jsonpath={.status.phase} {.spec.storageClassName} {.spec.volumeName}",
+        ],
+    );
+    let parts: Vec<&str> = bound.split(' ').collect();
+    assert_eq!(parts[..2], ["Bound", "local-path"], "{bound}");
+    let volume = parts[2];
+    let folder = kubectl(
+        dir,
+        &["get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}"],
+    );
+    assert!(
+        folder.starts_with(&dir.join("volumes").display().to_string()),
+        "{folder}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&folder).join("file")).unwrap(),
+        "kept\n"
+    );
+    let read = run_pod(
+        dir,
+        "reader",
+        &pod("reader", "cat /data/file", mount, claim),
+    );
+    assert_eq!(read, "kept\n");
+
+    kubectl(dir, &["delete", "pod", "writer", "reader"]);
+    kubectl(dir, &["delete", "pvc", "data"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&folder).exists() || !kubectl(dir, &["get", "pv", "-o", "name"]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "volume {volume} or {folder} still there after its claim was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// /dev/kvm the Kubernetes way: only for pods that ask for it.
+fn kvm_only_for_pods_that_request_it(dir: &Path) {
+    let kvm = r#", "resources": {"limits": {"devices.kiln.dev/kvm": "1"}}"#;
+    let probe = "if [ -c /dev/kvm ]; then echo kvm: yes; ls -l /dev/kvm; else echo kvm: no; fi";
+    let with = run_pod(dir, "with-kvm", &pod("with-kvm", probe, kvm, ""));
+    assert!(with.starts_with("kvm: yes\ncrw"), "{with}");
+    assert!(
+        with.contains(" 10, 232 "),
+        "the real /dev/kvm (10:232): {with}"
+    );
+    let without = run_pod(dir, "without-kvm", &pod("without-kvm", probe, "", ""));
+    assert_eq!(without, "kvm: no\n");
+}
+
+/// `load-images` packs the release kiln-vmm into kiln.local/kiln-vmm:VERSION; in a pod holding
+/// devices.kiln.dev/kvm it boots a tiny guest (from a ConfigMap) whose exit status becomes the
+/// container's.
+fn kiln_vmm_image_boots_a_guest_in_a_pod(dir: &Path) {
+    ok(&cluster(dir, &["load-images"]), "load-images");
+    let version = env!("CARGO_PKG_VERSION");
+    let guest = dir.join("tiny.elf");
+    std::fs::write(&guest, tiny_guest::pvh_elf(&tiny_guest::debug_exit(42))).unwrap();
+    kubectl(
+        dir,
+        &[
+            "create",
+            "configmap",
+            "tiny-guest",
+            &format!("--from-file=tiny.elf={}", guest.display()),
+        ],
+    );
+    let json = format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "vm"}},
+ "spec": {{"restartPolicy": "Never", "containers": [{{"name": "vmm",
+  "image": "kiln.local/kiln-vmm:{version}", "imagePullPolicy": "Never",
+  "args": ["--kernel", "/guest/tiny.elf", "--mem", "16", "--serial-out", "none"],
+  "resources": {{"limits": {{"devices.kiln.dev/kvm": "1"}}}},
+  "volumeMounts": [{{"name": "guest", "mountPath": "/guest"}}]}}],
+  "volumes": [{{"name": "guest", "configMap": {{"name": "tiny-guest"}}}}]}}}}"#
+    );
+    let (phase, logs) = finish_pod(dir, "vm", &json);
+    let exit = kubectl(
+        dir,
+        &[
+            "get",
+            "pod",
+            "vm",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}",
+        ],
+    );
+    assert_eq!((phase.as_str(), exit.as_str()), ("Failed", "42"), "{logs}");
+    assert!(logs.contains("guest powered off (status 42)"), "{logs}");
+}
+
+fn down_left_nothing(dir: &Path, pids: &[i32]) {
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
@@ -168,5 +310,14 @@ fn cluster_up_runs_a_pod_and_down_leaves_nothing() {
         !Path::new("/sys/class/net/kiln0").exists(),
         "bridge kiln0 left"
     );
-    ok(&cluster(&dir, &["down"]), "second cluster down");
+    assert!(
+        !Path::new("/var/lib/kubelet/device-plugins/kiln-kvm.sock").exists(),
+        "device plugin socket left"
+    );
+    for save in ["iptables-save", "ip6tables-save"] {
+        let rules = Command::new(save).output().unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        let kube: Vec<&str> = rules.lines().filter(|l| l.contains("KUBE-")).collect();
+        assert!(kube.is_empty(), "{save}: Kubernetes rules left: {kube:?}");
+    }
 }

@@ -100,6 +100,11 @@ func register(dir string) error {
 	return err
 }
 
+func socketExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 func main() {
 	dir := flag.String("dir", pluginapi.DevicePluginPath, "the kubelet's device-plugin folder")
 	count := flag.Int("count", 110, "how many pods may hold /dev/kvm at once")
@@ -120,16 +125,20 @@ func main() {
 		srv := grpc.NewServer()
 		pluginapi.RegisterDevicePluginServer(srv, &plugin{count: *count})
 		go func() { _ = srv.Serve(lis) }()
-		for err := register(*dir); err != nil; err = register(*dir) {
-			log.Printf("registering with the kubelet: %v (retrying)", err)
-			time.Sleep(time.Second)
-		}
-		log.Printf("registered %s (%d devices) at %s", resourceName, *count, sock)
-		for {
-			time.Sleep(time.Second)
-			if _, err := os.Stat(sock); err != nil {
-				break
+		// A kubelet that is starting clears the folder, our socket included: then listen anew.
+		registered := false
+		for socketExists(sock) {
+			if err := register(*dir); err != nil {
+				log.Printf("registering with the kubelet: %v (retrying)", err)
+				time.Sleep(time.Second)
+				continue
 			}
+			registered = true
+			log.Printf("registered %s (%d devices) at %s", resourceName, *count, sock)
+			break
+		}
+		for registered && socketExists(sock) {
+			time.Sleep(time.Second)
 		}
 		srv.Stop()
 	}
