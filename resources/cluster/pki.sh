@@ -13,17 +13,19 @@ mkdir -p "$pki"
 cd "$pki"
 umask 077
 
-[[ -f ca.crt ]] || openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+# ECDSA P-256 keys throughout: as strong as RSA-3072 and made in milliseconds, not seconds.
+ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+[[ -f ca.crt ]] || openssl req -x509 "${ec[@]}" -nodes -keyout ca.key -out ca.crt -days 3650 \
   -subj "/CN=kiln-cluster-ca" 2>/dev/null
 
 # cert NAME SUBJECT [SANS]: a key and a CA-signed certificate.
 cert() {
   local name=$1 subj=$2 sans=${3:-}
   [[ -f "$name.crt" ]] && return 0
-  openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" 2>/dev/null
+  openssl req "${ec[@]}" -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" 2>/dev/null
   {
     echo "basicConstraints=CA:FALSE"
-    echo "keyUsage=digitalSignature,keyEncipherment"
+    echo "keyUsage=digitalSignature"
     if [[ -n "$sans" ]]; then
       echo "extendedKeyUsage=serverAuth,clientAuth"
       echo "subjectAltName=$sans"
@@ -45,8 +47,8 @@ cert scheduler "/CN=system:kube-scheduler"
 cert node "/O=system:nodes/CN=system:node:$node"
 cert kubelet-serving "/CN=$node" "DNS:$node,DNS:localhost,IP:127.0.0.1,IP:$ip"
 cert kube-proxy "/CN=system:kube-proxy"
-[[ -f sa.pub ]] || openssl genrsa -out sa.key 2048 2>/dev/null
-[[ -f sa.pub ]] || openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+[[ -f sa.pub ]] || openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
+[[ -f sa.pub ]] || openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
 
 # kubeconfig NAME CERT: a kubeconfig for the API server at 127.0.0.1:6443.
 kubeconfig() {
