@@ -3,6 +3,8 @@
 #   pause_image        registry.k8s.io/pause: Kubernetes' own build/pause/linux/pause.c, static
 #   busybox_image      kiln.local/busybox:dev: Debian's busybox-static, every applet linked
 #   provisioner_image  kiln.local/local-path-provisioner: rancher's, from its Go module
+#   coredns_image      registry.k8s.io/coredns/coredns at the version Kubernetes' own DNS addon
+#                      names, from CoreDNS's Go module
 #   kiln_vmm_image     kiln.local/kiln-vmm: the release kiln-vmm and the libraries it links
 # Each prints the archive's path. Archives go to $state/images.
 
@@ -38,11 +40,19 @@ go_bin() { # go_bin MODULE VERSION BINARY [LDFLAGS]: `go install`s MODULE@VERSIO
   echo "$out/$bin"
 }
 
-k8s_source() { # the k8s.io/kubernetes module folder (for build/pause)
+K8S_SOURCE=
+k8s_source() { # the k8s.io/kubernetes module folder (build/pause, cluster/addons)
   command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
-  (cd "$(mktemp -d)" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION") |
-    sed -n 's/.*"Dir": "\(.*\)".*/\1/p'
+  if [[ -z "$K8S_SOURCE" ]]; then
+    K8S_SOURCE=$(cd "$(mktemp -d)" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
+      sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    [[ -d "$K8S_SOURCE" ]] || die "cannot fetch k8s.io/kubernetes@v$K8S_VERSION"
+  fi
+  echo "$K8S_SOURCE"
 }
+
+# coredns_manifest: Kubernetes' CoreDNS addon (cluster/addons/dns/coredns/coredns.yaml.sed)
+coredns_manifest() { echo "$(k8s_source)/cluster/addons/dns/coredns/coredns.yaml.sed"; }
 
 pause_image() {
   local out=$state/images/pause.tar work
@@ -79,6 +89,21 @@ provisioner_image() {
   mkdir -p "$work/usr/bin" "$work/tmp"
   cp "$bin" "$work/usr/bin/"
   pack "$work" "$PROVISIONER_IMAGE" '["/usr/bin/local-path-provisioner"]' "$out"
+  rm -rf "$work"
+  echo "$out"
+}
+
+coredns_image() {
+  local version out work bin
+  version=$(sed -n 's#.*image: registry.k8s.io/coredns/coredns:\(v[0-9.]*\).*#\1#p' \
+    "$(coredns_manifest)")
+  [[ -n "$version" ]] || die "no CoreDNS image in $(coredns_manifest)"
+  out=$state/images/coredns-$version.tar
+  [[ -f "$out" ]] && { echo "$out"; return; }
+  bin=$(go_bin github.com/coredns/coredns "$version" coredns)
+  work=$(mktemp -d)
+  cp "$bin" "$work/coredns"
+  pack "$work" "registry.k8s.io/coredns/coredns:$version" '["/coredns"]' "$out"
   rm -rf "$work"
   echo "$out"
 }

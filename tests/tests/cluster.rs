@@ -2,7 +2,7 @@
 //! with Kubernetes built from its official Go modules; a pod runs to completion and its log is
 //! read through the API; a PVC binds through the local-path provisioner (which itself reaches
 //! the API server through the kubernetes service, so kube-proxy works) and pods write and read
-//! it; a pod that requests devices.kiln.dev/kvm sees /dev/kvm and one that does not, does not;
+//! it; CoreDNS resolves the kubernetes service; a pod that requests devices.kiln.dev/kvm sees /dev/kvm and one that does not, does not;
 //! Kiln's kiln-vmm image (`load-images`) boots a tiny guest inside a pod; `down` leaves none of
 //! the processes, mounts, network namespaces, interfaces or iptables chains it made. Uses its
 //! own cluster folder, but the fixed ports (6443, 2379) and bridge (kiln0): stop a developer
@@ -53,7 +53,7 @@ impl Drop for Down<'_> {
 fn pod(name: &str, script: &str, container: &str, spec: &str) -> String {
     format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
- "spec": {{"restartPolicy": "Never", "dnsPolicy": "Default", "containers": [{{"name": "main",
+ "spec": {{"restartPolicy": "Never", "containers": [{{"name": "main",
   "image": "kiln.local/busybox:dev", "imagePullPolicy": "Never",
   "command": ["/bin/sh", "-c", "{script}"]{container}}}]{spec}}}}}"#
     )
@@ -129,6 +129,22 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
         ),
     );
     assert_eq!(logs, "hello from a pod\ndefault");
+    // Cluster DNS (CoreDNS) answers for services, reached through kube-proxy's service rules.
+    let dns = run_pod(
+        &dir,
+        "dns",
+        &pod(
+            "dns",
+            "cat /etc/resolv.conf; nslookup kubernetes.default.svc.cluster.local",
+            "",
+            "",
+        ),
+    );
+    assert!(dns.contains("nameserver 10.96.0.10"), "{dns}");
+    assert!(
+        dns.contains("kubernetes.default.svc.cluster.local") && dns.contains("Address: 10.96.0.1"),
+        "{dns}"
+    );
 
     persistent_volume_claims_bind_and_keep_data(&dir);
     kvm_only_for_pods_that_request_it(&dir);
