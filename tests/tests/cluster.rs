@@ -107,6 +107,7 @@ fn run_pod(dir: &Path, name: &str, json: &str) -> String {
 #[test]
 fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     let dir = scratch_dir("cluster");
+    let kubelet_folder_existed = Path::new("/var/lib/kubelet").exists();
     let _down = Down(&dir);
     let kubeconfig = ok(&cluster(&dir, &["up"]), "cluster up");
     assert_eq!(
@@ -171,6 +172,11 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     }
     ok(&cluster(&dir, &["down"]), "cluster down");
     down_left_nothing(&dir, &pids);
+    // The kubelet's fixed device-plugin folder goes too, when `up` made it.
+    assert!(
+        kubelet_folder_existed || !Path::new("/var/lib/kubelet").exists(),
+        "/var/lib/kubelet left behind"
+    );
     ok(&cluster(&dir, &["down"]), "second cluster down");
 }
 
