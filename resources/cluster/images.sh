@@ -40,11 +40,13 @@ go_bin() { # go_bin MODULE VERSION BINARY [LDFLAGS]: `go install`s MODULE@VERSIO
   echo "$out/$bin"
 }
 
+# k8s_source: the k8s.io/kubernetes module folder (build/pause, cluster/addons), looked up once
+# per run: load_images sets K8S_SOURCE for the image builders it runs in subshells.
 K8S_SOURCE=
-k8s_source() { # the k8s.io/kubernetes module folder (build/pause, cluster/addons)
+k8s_source() {
   command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
   if [[ -z "$K8S_SOURCE" ]]; then
-    K8S_SOURCE=$(cd "$(mktemp -d)" && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
+    K8S_SOURCE=$(cd / && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
       sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
     [[ -d "$K8S_SOURCE" ]] || die "cannot fetch k8s.io/kubernetes@v$K8S_VERSION"
   fi
