@@ -118,6 +118,7 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     assert!(node.contains(" Ready ") && node.contains("v1.34"), "{node}");
     // Idempotent: a second `up` finds everything running.
     ok(&cluster(&dir, &["up"]), "second cluster up");
+    one_cluster_per_machine(&dir);
 
     let logs = run_pod(
         &dir,
@@ -178,6 +179,38 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
         "/var/lib/kubelet left behind"
     );
     ok(&cluster(&dir, &["down"]), "second cluster down");
+}
+
+/// Another cluster folder's `up` is refused at once with the way out, and its `down` leaves the
+/// running cluster's machine-wide pieces alone (the pods after this prove the cluster works).
+fn one_cluster_per_machine(dir: &Path) {
+    let other = scratch_dir("cluster-other");
+    let started = Instant::now();
+    let refused = cluster(&other, &["up"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a second cluster came up: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "the cluster in {} is up on this machine",
+            dir.display()
+        )) && stderr.contains("down"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let down = ok(&cluster(&other, &["down"]), "down of another folder");
+    assert!(down.is_empty(), "{down}");
+    assert!(Path::new("/sys/class/net/kiln0").exists(), "kiln0 removed");
+    assert!(
+        Path::new("/run/kiln-cluster/containerd.sock").exists(),
+        "containerd socket removed"
+    );
 }
 
 /// The default StorageClass (local-path) binds a claim when its first pod is scheduled; data a
