@@ -13,7 +13,8 @@ LOCAL_PATH_VERSION=v0.0.30
 PROVISIONER_IMAGE=kiln.local/local-path-provisioner:$LOCAL_PATH_VERSION
 BUSYBOX_IMAGE=kiln.local/busybox:dev
 
-# pack ROOTFS NAME ENTRYPOINT_JSON OUT: one reproducible layer of ROOTFS as an OCI archive.
+# pack ROOTFS NAME ENTRYPOINT_JSON OUT: one reproducible layer of ROOTFS as the OCI archive OUT;
+# removes ROOTFS and prints OUT.
 pack() {
   local rootfs=$1 name=$2 entrypoint=$3 out=$4 layer
   mkdir -p "$(dirname "$out")"
@@ -22,7 +23,8 @@ pack() {
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$layer" .
   "$here/oci-image.sh" "$layer" "$name" "$entrypoint" "$out.tmp"
   mv "$out.tmp" "$out"
-  rm -f "$layer"
+  rm -rf "$layer" "$rootfs"
+  echo "$out"
 }
 
 go_bin() { # go_bin MODULE VERSION BINARY [LDFLAGS]: `go install`s MODULE@VERSION once; prints it
@@ -64,8 +66,6 @@ pause_image() {
     -DVERSION=3.10-kiln >&2
   strip "$work/pause"
   pack "$work" "$PAUSE_IMAGE" '["/pause"]' "$out"
-  rm -rf "$work"
-  echo "$out"
 }
 
 busybox_image() {
@@ -78,12 +78,10 @@ busybox_image() {
   cp "$(command -v busybox)" "$work/bin/busybox"
   for a in $(busybox --list); do [[ -e "$work/bin/$a" ]] || ln -s busybox "$work/bin/$a"; done
   pack "$work" "$BUSYBOX_IMAGE" '["/bin/sh"]' "$out"
-  rm -rf "$work"
-  echo "$out"
 }
 
 provisioner_image() {
-  local out=$state/images/local-path-provisioner.tar work bin
+  local out=$state/images/local-path-provisioner-$LOCAL_PATH_VERSION.tar work bin
   [[ -f "$out" ]] && { echo "$out"; return; }
   bin=$(go_bin github.com/rancher/local-path-provisioner "$LOCAL_PATH_VERSION" \
     local-path-provisioner "-X main.VERSION=$LOCAL_PATH_VERSION")
@@ -91,8 +89,6 @@ provisioner_image() {
   mkdir -p "$work/usr/bin" "$work/tmp"
   cp "$bin" "$work/usr/bin/"
   pack "$work" "$PROVISIONER_IMAGE" '["/usr/bin/local-path-provisioner"]' "$out"
-  rm -rf "$work"
-  echo "$out"
 }
 
 coredns_image() {
@@ -106,8 +102,6 @@ coredns_image() {
   work=$(mktemp -d)
   cp "$bin" "$work/coredns"
   pack "$work" "registry.k8s.io/coredns/coredns:$version" '["/coredns"]' "$out"
-  rm -rf "$work"
-  echo "$out"
 }
 
 # kiln_vmm_image: the release kiln-vmm ($KILN_VMM, else cargo's, built if missing or stale) with
@@ -135,6 +129,4 @@ kiln_vmm_image() {
     cp -L "$lib" "$work$lib"
   done
   pack "$work" "kiln.local/kiln-vmm:$version" '["/usr/bin/kiln-vmm"]' "$out"
-  rm -rf "$work"
-  echo "$out"
 }
