@@ -1,36 +1,62 @@
 #!/usr/bin/env bash
-# The Kiln demo: builds the default guest if it is missing, builds kiln-vmm, and boots the guest
-# with its console on this terminal. It powers itself off once user space is up.
+# Kiln's demo: a virtual machine as a Kubernetes object. On this machine (as root) it brings up
+# the development cluster (building it the first time), builds Kiln and pushes its images to the
+# cluster's registry, installs Kiln (kubectl apply -k resources/deploy), applies an example VM,
+# waits for it to run, shows `kubectl get vm,vmi` and the guest's console, and leaves it running
+# with the commands to try next. Run it again at any time: every step is idempotent.
 #
-#   resources/demo.sh            boot, print the kernel log, the marker and the boot time, exit
-#   resources/demo.sh --shell    boot the busybox initramfs into an interactive shell instead
-#   resources/demo.sh --rootfs   boot a copy of rootfs.ext4 from a virtio-blk disk (with a
-#                                virtio-rng device) into an interactive shell
-#   resources/demo.sh -- ARGS    pass further options to kiln-vmm (e.g. -- --vcpus 2)
+#   resources/demo.sh                  the VM of resources/examples/vm-containerdisk.yaml
+#   resources/demo.sh EXAMPLE.yaml     another example (its first VM)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+[[ $(id -u) -eq 0 ]] || { echo "demo: run as root (the cluster's node components and the guest build need it)" >&2; exit 1; }
+example=${1:-resources/examples/vm-containerdisk.yaml}
+vm=$(awk '/^kind: VirtualMachine$/{f=1} f && /^  name:|^metadata: \{name:/{print; exit}' "$example" |
+  sed -E 's/.*name: *([a-z0-9-]+).*/\1/')
+[[ -n "$vm" ]] || { echo "demo: no VirtualMachine in $example" >&2; exit 1; }
 
-guest=$(resources/guest/build.sh)
-mode=${1:-}
-boot=(--initrd "$guest/initramfs.cpio" --cmdline "console=ttyS0")
-case "$mode" in
-  --shell)
-    boot=(--initrd "$guest/initramfs-busybox.cpio" --cmdline "console=ttyS0 quiet kiln.action=shell")
-    shift ;;
-  --rootfs)
-    # The cached image is shared: the guest gets its own writable copy.
-    disk=$(mktemp --tmpdir kiln-demo-rootfs.XXXXXX.ext4)
-    trap 'rm -f "$disk"' EXIT
-    cp "$guest/rootfs.ext4" "$disk"
-    boot=(--disk "$disk,id=demo-root" --entropy --mem 256
-          --cmdline "console=ttyS0 quiet root=/dev/vda rw kiln.action=shell")
-    echo "kiln demo: try  cat /sys/block/vda/serial; head -c 16 /dev/hwrng | od -An -tx1; df /" >&2
-    shift ;;
-esac
-[[ "${1:-}" == "--" ]] && shift
+cluster=resources/cluster/cluster
+say "The development cluster (the first time it is built from source: about 15 minutes)"
+kubeconfig=$("$cluster" up)
+export KUBECONFIG=$kubeconfig
+bins=$(cat "$(dirname "$kubeconfig")/bin-folder")
+target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+export PATH=$bins:$target/release:$PATH
 
-cargo build --release -p vmm >&2
-target=${CARGO_TARGET_DIR:-$root/target}
-echo "kiln demo: booting $guest/vmlinux (guest ring 0 may be emulated on this host: expect 30-60 s)" >&2
-"$target/release/kiln-vmm" --kernel "$guest/vmlinux" "${boot[@]}" --boot-timer "$@"
+say "Kiln's images, built from this checkout and pushed to the cluster's registry"
+"$cluster" load-images
+
+say "Installing Kiln: kubectl apply -k resources/deploy"
+kubectl apply --server-side --force-conflicts -k resources/deploy >&2
+kubectl -n kiln-system rollout status deploy/kiln-controller --timeout=180s >&2
+
+say "A VM: kubectl apply -f $example"
+kubectl apply -f "$example" >&2
+kubectl wait "vm/$vm" --for=jsonpath='{.status.printableStatus}'=Running --timeout=300s >&2
+kubectl get vm,vmi "$vm"
+pod=$(kubectl get vmi "$vm" -o jsonpath='{.status.launcherPod}')
+say "Its console (kubectl logs $pod), until the guest's marker"
+for _ in $(seq 1 300); do
+  kubectl logs "$pod" -c compute 2>/dev/null | grep -q KILN_GUEST_OK && break
+  sleep 1
+done
+kubectl logs "$pod" -c compute | grep -v '^[0-9-]*T[0-9:.]*Z ' | tail -20
+say "Booted: the guest signalled its boot, so the VM is Ready, with its measured BOOT time"
+kubectl wait "vm/$vm" --for=condition=Ready --timeout=60s >&2
+kubectl get vm,vmi "$vm"
+
+cat >&2 <<MSG
+
+The VM keeps running. Next, in this shell:
+
+  export KUBECONFIG=$KUBECONFIG PATH=$bins:$target/release:\$PATH
+  kubectl get vm,vmi                 # STATUS, READY, and the guest's BOOT time
+  kubectl kiln console $vm           # its serial console (a shell); Ctrl-] leaves it
+  kubectl kiln pause vm $vm          # ... and unpause
+  kubectl kiln stop $vm              # the guest shuts down; the pod goes
+  kubectl kiln start $vm
+  kubectl delete vm $vm
+  resources/cluster/cluster down     # stops the whole cluster
+MSG

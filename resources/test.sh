@@ -7,9 +7,10 @@ cd "$root"
 
 [[ -r /dev/kvm && -w /dev/kvm ]] || { echo "test: /dev/kvm is missing or not accessible" >&2; exit 1; }
 # The virtio end-to-end tests check images with e2fsprogs and build a network namespace with
-# iproute2 (which needs root, as CI runs); busybox pings from the host side.
+# iproute2 (which needs root, as CI runs); busybox pings from the host side; dosfstools checks
+# the launcher's NoCloud seeds; the Kubernetes test puts a block volume on a loop device.
 missing=()
-for tool in ip:iproute2 e2fsck:e2fsprogs busybox:busybox-static sha256sum:coreutils; do
+for tool in ip:iproute2 e2fsck:e2fsprogs busybox:busybox-static sha256sum:coreutils fsck.vfat:dosfstools losetup:mount; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then
@@ -24,6 +25,8 @@ target=${CARGO_TARGET_DIR:-$root/target}
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --workspace
+# Kiln's images pack kiln-disk-copy linked statically (it runs inside containerDisk images).
+resources/lib/static-disk-copy.sh "$target"
 KILN_GUEST_DIR=$guest KILN_VMM=$target/release/kiln-vmm cargo test --release --workspace
 # The live API socket against its OpenAPI document, fuzzed (installs schemathesis from PyPI once).
 KILN_VMM=$target/release/kiln-vmm resources/api/schemathesis.sh

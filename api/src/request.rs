@@ -28,7 +28,7 @@ pub enum ApiRequest {
     Action(ActionType),
     PatchVm(VmStateRequest),
     GetVmConfig,
-    GetKilnState,
+    GetKilnState(StateQuery),
 }
 
 /// The resources served, and the methods each accepts.
@@ -123,7 +123,8 @@ fn check_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), ApiResponse>
     Ok(())
 }
 
-/// Turns a request into an `ApiRequest`, or the error response to send.
+/// Turns a request (path with its query, if any) into an `ApiRequest`, or the error response
+/// to send.
 pub fn route(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResponse> {
     let Some(route) = Route::find(path) else {
         return Err(ApiResponse::not_found(path));
@@ -140,7 +141,10 @@ pub fn route(method: &str, path: &str, raw: &[u8]) -> Result<ApiRequest, ApiResp
         (Route::Root, _) => R::GetInstanceInfo,
         (Route::Version, _) => R::GetVersion,
         (Route::VmConfig, _) => R::GetVmConfig,
-        (Route::KilnState, _) => R::GetKilnState,
+        (Route::KilnState, _) => R::GetKilnState(
+            StateQuery::parse(path.split_once('?').map(|(_, q)| q))
+                .map_err(|e| ApiResponse::bad_request(format!("GET /kiln/v1/state: {e}")))?,
+        ),
         (Route::MachineConfig, "GET") => R::GetMachineConfig,
         (Route::MachineConfig, "PUT") => R::PutMachineConfig(body(method, raw)?),
         (Route::MachineConfig, _) => R::PatchMachineConfig(body(method, raw)?),
@@ -187,7 +191,17 @@ mod tests {
         assert_eq!(route("GET", "/vm/config", b""), Ok(ApiRequest::GetVmConfig));
         assert_eq!(
             route("GET", "/kiln/v1/state", b""),
-            Ok(ApiRequest::GetKilnState)
+            Ok(ApiRequest::GetKilnState(StateQuery {
+                after_revision: None,
+                wait_ms: MAX_STATE_WAIT_MS
+            }))
+        );
+        assert_eq!(
+            route("GET", "/kiln/v1/state?after_revision=3&wait_ms=250", b""),
+            Ok(ApiRequest::GetKilnState(StateQuery {
+                after_revision: Some(3),
+                wait_ms: 250
+            }))
         );
         assert_eq!(
             route(
@@ -292,5 +306,24 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn state_queries_are_checked() {
+        for (query, needle) in [
+            ("?wait_ms=60001", "at most 60000"),
+            ("?after_revision=x", "whole number"),
+            ("?after_revision=-1", "whole number"),
+            ("?revision=2", "unknown query parameter \"revision\""),
+        ] {
+            let e = err("GET", &format!("/kiln/v1/state{query}"), "");
+            assert_eq!(e.status, 400, "{query}");
+            let body: serde_json::Value =
+                serde_json::from_str(e.body.as_deref().unwrap_or_default()).unwrap();
+            let message = body["fault_message"].as_str().unwrap_or_default();
+            assert!(message.contains(needle), "{query}: {message}");
+        }
+        // Other resources ignore a query, as before.
+        assert_eq!(route("GET", "/?x=1", b""), Ok(ApiRequest::GetInstanceInfo));
     }
 }

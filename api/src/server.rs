@@ -180,7 +180,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     counters.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
     let response = answer(req, &method, &path, &sink, &config).await;
     if response.status >= 400 {
         counters.failed.fetch_add(1, Ordering::Relaxed);

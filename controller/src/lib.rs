@@ -1,1 +1,12 @@
-//! kube-rs controller turning VirtualMachine resources into launcher pods: arrives with later issues.
+//! Kiln's controller: VirtualMachines become VirtualMachineInstances per their run strategy,
+//! each VMI one launcher pod; the launcher channel, metrics and leader election beside them;
+//! and the `kubectl kiln` plugin's commands.
+
+pub mod context;
+pub mod kubectl;
+pub mod launcher_watch;
+pub mod metrics;
+pub mod run;
+pub mod token;
+pub mod vm;
+pub mod vmi;

@@ -6,6 +6,8 @@
 #   coredns_image      registry.k8s.io/coredns/coredns at the version Kubernetes' own DNS addon
 #                      names, from CoreDNS's Go module
 #   kiln_vmm_image     kiln.local/kiln-vmm: the release kiln-vmm and the libraries it links
+#   kiln_launcher_image, kiln_controller_image, kiln_guest_disk_image, kiln_guest_kernel_image
+#                      Kiln's own images (see their comments); kiln_build builds what they pack
 # Each prints the archive's path. Archives go to $state/images.
 
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
@@ -104,29 +106,110 @@ coredns_image() {
   pack "$work" "registry.k8s.io/coredns/coredns:$version" '["/coredns"]' "$out"
 }
 
-# kiln_vmm_image: the release kiln-vmm ($KILN_VMM, else cargo's, built if missing or stale) with
-# the shared libraries it links, tagged with its version; the launcher image of Kiln's VM pods.
+# kiln_build: the release binaries Kiln's images pack, built once per call (cargo skips what is
+# up to date): kiln-vmm, kiln-launcher, kiln-controller, kubectl-kiln, and kiln-disk-copy linked
+# statically as kiln-disk-copy-static (it runs inside containerDisk images, which have no
+# libraries). Sets KILN_BIN to their folder and KILN_GUEST to the guest build's. Given
+# $KILN_BIN (a folder already holding them, as the test suite passes) nothing is built;
+# $KILN_GUEST_DIR names the guest; $KILN_VMM, when set, is the kiln-vmm packed.
+KILN_BIN=${KILN_BIN:-} KILN_GUEST=${KILN_GUEST_DIR:-}
+kiln_build() {
+  local root target
+  root=$(cd "$here/../.." && pwd)
+  [[ -n "$KILN_GUEST" ]] || KILN_GUEST=$("$root/resources/guest/build.sh")
+  [[ -n "$KILN_BIN" ]] && return 0
+  command -v cargo >/dev/null || export PATH=$PATH:$HOME/.cargo/bin
+  command -v cargo >/dev/null || die "building Kiln's images needs cargo"
+  target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  log "building Kiln's release binaries"
+  (cd "$root" && cargo build --release --quiet --bin kiln-vmm --bin kiln-launcher --bin kiln-controller \
+    --bin kubectl-kiln) >&2
+  "$root/resources/lib/static-disk-copy.sh" "$target" >&2
+  KILN_BIN=$target/release
+}
+
+# with_libs BINARY ROOTFS: copies BINARY's shared libraries (ldd) into ROOTFS.
+with_libs() {
+  local lib
+  for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
+    mkdir -p "$2$(dirname "$lib")"
+    cp -L "$lib" "$2$lib"
+  done
+}
+
+version_of() { "$1" --version | awk '{print $2}'; }
+
+# kiln_vmm_image: the release kiln-vmm ($KILN_VMM, else the one kiln_build made) with the shared
+# libraries it links, tagged with its version.
 kiln_vmm_image() {
-  local root target bin version out work lib
-  bin=${KILN_VMM:-}
-  if [[ -z "$bin" ]]; then
-    root=$(cd "$here/../.." && pwd)
-    command -v cargo >/dev/null || export PATH=$PATH:$HOME/.cargo/bin
-    command -v cargo >/dev/null || die "building kiln-vmm needs cargo (or set KILN_VMM)"
-    (cd "$root" && cargo build --release --quiet --bin kiln-vmm) >&2
-    target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-      sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    bin=$target/release/kiln-vmm
-  fi
+  kiln_build
+  local bin=${KILN_VMM:-$KILN_BIN/kiln-vmm} out=$state/images/kiln-vmm.tar work
   [[ -x "$bin" ]] || die "no kiln-vmm at $bin"
-  version=$("$bin" --version | awk '{print $2}')
-  out=$state/images/kiln-vmm.tar
   work=$(mktemp -d)
   mkdir -p "$work/usr/bin" "$work/tmp"
   cp "$bin" "$work/usr/bin/kiln-vmm"
-  for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
-    mkdir -p "$work$(dirname "$lib")"
-    cp -L "$lib" "$work$lib"
-  done
-  pack "$work" "kiln.local/kiln-vmm:$version" '["/usr/bin/kiln-vmm"]' "$out"
+  with_libs "$bin" "$work"
+  pack "$work" "kiln.local/kiln-vmm:$(version_of "$bin")" '["/usr/bin/kiln-vmm"]' "$out"
+}
+
+# kiln_launcher_image: the main process of every VM pod. kiln-launcher, kiln-vmm, the static
+# kiln-disk-copy (installed by the pod's first init container for the image containers), and
+# Kiln's own guest kernel and initramfs (/usr/share/kiln/guest) for VMs without kernelBoot.
+# nft comes with its libraries (the masquerade binding's NAT rules).
+kiln_launcher_image() {
+  kiln_build
+  local vmm=${KILN_VMM:-$KILN_BIN/kiln-vmm} out=$state/images/kiln-launcher.tar work
+  work=$(mktemp -d)
+  mkdir -p "$work/usr/bin" "$work/usr/share/kiln/guest" "$work/tmp"
+  cp "$KILN_BIN/kiln-launcher" "$vmm" "$work/usr/bin/"
+  cp "$KILN_BIN/kiln-disk-copy-static" "$work/usr/bin/kiln-disk-copy"
+  strip "$work/usr/bin/kiln-disk-copy" "$work/usr/bin/kiln-launcher"
+  cp "$KILN_GUEST/vmlinux" "$KILN_GUEST/initramfs.cpio" "$work/usr/share/kiln/guest/"
+  with_libs "$KILN_BIN/kiln-launcher" "$work"
+  with_libs "$vmm" "$work"
+  # nft (Debian's nftables) for the masquerade binding's NAT rules, run by the network init
+  # container.
+  command -v nft >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y \
+    --no-install-recommends nftables >&2
+  mkdir -p "$work/usr/sbin"
+  cp "$(command -v nft)" "$work/usr/sbin/nft"
+  with_libs "$work/usr/sbin/nft" "$work"
+  pack "$work" "kiln.local/kiln-launcher:$(version_of "$KILN_BIN/kiln-launcher")" \
+    '["/usr/bin/kiln-launcher"]' "$out"
+}
+
+# kiln_controller_image: kiln-controller (runs as any user: everything it needs is in the image).
+kiln_controller_image() {
+  kiln_build
+  local out=$state/images/kiln-controller.tar work
+  work=$(mktemp -d)
+  mkdir -p "$work/usr/bin" "$work/tmp"
+  cp "$KILN_BIN/kiln-controller" "$work/usr/bin/"
+  strip "$work/usr/bin/kiln-controller"
+  with_libs "$KILN_BIN/kiln-controller" "$work"
+  pack "$work" "kiln.local/kiln-controller:$(version_of "$KILN_BIN/kiln-controller")" \
+    '["/usr/bin/kiln-controller"]' "$out"
+}
+
+# kiln_guest_disk_image: Kiln's guest root filesystem as a containerDisk (KubeVirt's layout: the
+# one image under /disk/), kiln.local/containerdisks/kiln-guest:latest.
+kiln_guest_disk_image() {
+  kiln_build
+  local out=$state/images/kiln-guest-disk.tar work
+  work=$(mktemp -d)
+  mkdir -p "$work/disk"
+  cp --sparse=always "$KILN_GUEST/rootfs.ext4" "$work/disk/rootfs.img"
+  pack "$work" "kiln.local/containerdisks/kiln-guest:latest" '["/bin/false"]' "$out"
+}
+
+# kiln_guest_kernel_image: Kiln's guest kernels for firmware.kernelBoot.container:
+# /boot/vmlinux, /boot/initramfs.cpio and /boot/kiln-tiny, kiln.local/kiln-guest-kernel:latest.
+kiln_guest_kernel_image() {
+  kiln_build
+  local out=$state/images/kiln-guest-kernel.tar work
+  work=$(mktemp -d)
+  mkdir -p "$work/boot"
+  cp "$KILN_GUEST/vmlinux" "$KILN_GUEST/initramfs.cpio" "$KILN_GUEST/kiln-tiny" "$work/boot/"
+  pack "$work" "kiln.local/kiln-guest-kernel:latest" '["/bin/false"]' "$out"
 }

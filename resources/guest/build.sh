@@ -6,7 +6,8 @@
 #
 # Outputs in the printed folder: vmlinux (PVH ELF), bzImage, config; initramfs.cpio (only the
 # static kiln-init: fast to unpack), initramfs-busybox.cpio (kiln-init plus busybox, for a shell),
-# rootfs.ext4 (kiln-init as /sbin/init, busybox, kiln-iobench); inputs.txt. Cache root: $KILN_CACHE, else /var/cache/kiln when writable,
+# rootfs.ext4 (kiln-init as /sbin/init, busybox, kiln-iobench, kiln-dhcpflood), kiln-tiny (a
+# few-KB guest kernel for control-plane tests); inputs.txt. Cache root: $KILN_CACHE, else /var/cache/kiln when writable,
 # else ~/.cache/kiln. Installs missing Debian packages when run as root.
 set -euo pipefail
 
@@ -90,7 +91,14 @@ build_userspace() { # $1 = output folder
   mkdir -p "$out.tmp"
   musl-gcc -static -Os -Wall -Wextra -Werror -o "$work/kiln-init" "$here/init/kiln-init.c"
   musl-gcc -static -O2 -Wall -Wextra -Werror -o "$work/kiln-iobench" "$here/tools/kiln-iobench.c"
-  strip "$work/kiln-init" "$work/kiln-iobench"
+  musl-gcc -static -O2 -Wall -Wextra -Werror -o "$work/kiln-dhcpflood" \
+    "$here/tools/kiln-dhcpflood.c"
+  strip "$work/kiln-init" "$work/kiln-iobench" "$work/kiln-dhcpflood"
+  # kiln-tiny: a freestanding guest kernel of a few KB (control-plane tests, scale benchmarks).
+  gcc -O2 -Wall -Wextra -Werror -ffreestanding -fno-pic -no-pie -static -nostdlib -mno-red-zone \
+    -mgeneral-regs-only -fno-stack-protector -fno-asynchronous-unwind-tables \
+    -Wl,-Ttext-segment=0x200000 -Wl,--build-id=none -o "$out.tmp/kiln-tiny" "$here/tiny/kiln-tiny.c"
+  strip "$out.tmp/kiln-tiny"
 
   # Minimal initramfs: kiln-init alone.
   tree="$work/minimal"
@@ -101,7 +109,7 @@ build_userspace() { # $1 = output folder
 
   # Busybox tree: the initramfs variant with a shell, and the ext4 root filesystem.
   tree="$work/busybox"
-  mkdir -p "$tree"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc,mnt}
+  mkdir -p "$tree"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc,mnt,run,var/lib/kiln}
   cp /bin/busybox "$tree/bin/busybox"
   local applet
   for applet in $(/bin/busybox --list-full); do
@@ -111,7 +119,9 @@ build_userspace() { # $1 = output folder
   rm -f "$tree/sbin/poweroff" "$tree/sbin/halt" "$tree/sbin/init"
   install -m 0755 "$work/kiln-init" "$tree/sbin/kiln-init"
   install -m 0755 "$here"/rootfs/sbin/* "$tree/sbin/"
+  install -D -m 0755 "$here/rootfs/etc/udhcpc/default.script" "$tree/etc/udhcpc/default.script"
   install -m 0755 "$work/kiln-iobench" "$tree/usr/bin/kiln-iobench"
+  install -m 0755 "$work/kiln-dhcpflood" "$tree/usr/bin/kiln-dhcpflood"
   ln -s poweroff "$tree/sbin/halt"
   ln -s kiln-init "$tree/sbin/init"
   echo "root:x:0:0:root:/root:/bin/sh" > "$tree/etc/passwd"
@@ -142,8 +152,8 @@ main() {
   local kinputs uinputs khash uhash
   kinputs=$( { echo "linux-source-6.1 $(pkg_version linux-source-6.1)"; declare -f build_kernel
               sha256sum "$here/config.fragment" "$here"/patches/*.patch | sed "s#$here/##"; } )
-  uinputs=$( { for p in busybox-static e2fsprogs musl-tools; do echo "$p $(pkg_version $p)"; done
-              declare -f make_cpio build_userspace; (cd "$here" && find rootfs init tools -type f | LC_ALL=C sort | xargs sha256sum); } )
+  uinputs=$( { for p in busybox-static e2fsprogs musl-tools gcc; do echo "$p $(pkg_version $p)"; done
+              declare -f make_cpio build_userspace; (cd "$here" && find rootfs init tools tiny -type f | LC_ALL=C sort | xargs sha256sum); } )
   khash=$(sha256sum <<<"$kinputs" | cut -c1-16)
   uhash=$(sha256sum <<<"$uinputs" | cut -c1-16)
   local kdir="$root/kernel-$khash" udir="$root/userspace-$uhash" gdir="$root/guest-$khash-$uhash"
@@ -153,8 +163,8 @@ main() {
   [[ -f "$udir/initramfs.cpio" ]] || build_userspace "$udir"
   if [[ ! -f "$gdir/inputs.txt" ]]; then
     rm -rf "$gdir.tmp"; mkdir -p "$gdir.tmp"
-    ln "$kdir"/{vmlinux,bzImage,config} "$udir"/{initramfs.cpio,initramfs-busybox.cpio,rootfs.ext4} "$gdir.tmp/" 2>/dev/null ||
-      cp "$kdir"/{vmlinux,bzImage,config} "$udir"/{initramfs.cpio,initramfs-busybox.cpio,rootfs.ext4} "$gdir.tmp/"
+    ln "$kdir"/{vmlinux,bzImage,config} "$udir"/{initramfs.cpio,initramfs-busybox.cpio,rootfs.ext4,kiln-tiny} "$gdir.tmp/" 2>/dev/null ||
+      cp "$kdir"/{vmlinux,bzImage,config} "$udir"/{initramfs.cpio,initramfs-busybox.cpio,rootfs.ext4,kiln-tiny} "$gdir.tmp/"
     printf '%s\n---\n%s\n' "$kinputs" "$uinputs" | grep -v '^ ' > "$gdir.tmp/inputs.txt"
     rm -rf "$gdir"; mv "$gdir.tmp" "$gdir"
     log "guest ready in $gdir"

@@ -2,7 +2,9 @@
 //! kiln-vmm binary are, running a VMM with timestamped output, and tiny hand-made guests.
 
 pub mod api_client;
+pub mod boot_slots;
 pub mod guest_image;
+pub mod kube;
 pub mod netns;
 pub mod process;
 pub mod tiny_guest;

@@ -12,25 +12,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{kiln_vmm, scratch_dir, tiny_guest, workspace_root};
+use kiln_tests::kube::ok;
+use kiln_tests::{guest_dir, kiln_vmm, scratch_dir, tiny_guest, workspace_root};
 
 fn cluster(dir: &Path, args: &[&str]) -> Output {
     Command::new(workspace_root().join("resources/cluster/cluster"))
         .args(args)
         .env("KILN_CLUSTER_DIR", dir)
         .env("KILN_VMM", kiln_vmm())
+        .env("KILN_BIN", kiln_vmm().parent().unwrap_or(Path::new(".")))
+        .env("KILN_GUEST_DIR", guest_dir())
         .output()
         .expect("running resources/cluster/cluster")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn kubectl(dir: &Path, args: &[&str]) -> String {
@@ -109,7 +102,19 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     let dir = scratch_dir("cluster");
     let kubelet_folder_existed = Path::new("/var/lib/kubelet").exists();
     let _down = Down(&dir);
-    let kubeconfig = ok(&cluster(&dir, &["up"]), "cluster up");
+    let crashed = crashed_cluster_left_its_owner_file();
+    let up = cluster(&dir, &["up"]);
+    let kubeconfig = ok(&up, "cluster up");
+    if let Some(crashed) = crashed {
+        let stderr = String::from_utf8_lossy(&up.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "the cluster in {} ended without down",
+                crashed.display()
+            )),
+            "{stderr}"
+        );
+    }
     assert_eq!(
         kubeconfig.trim(),
         dir.join("admin.kubeconfig").display().to_string()
@@ -159,9 +164,9 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
         .collect();
     assert_eq!(
         pids.len(),
-        8,
-        "etcd, apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy, \
-         kvm device plugin"
+        9,
+        "etcd, registry, apiserver, controller-manager, scheduler, containerd, kubelet, \
+         kube-proxy, kvm device plugin"
     );
     // All still running after the second `up` and the workloads.
     for pid in &pids {
@@ -179,6 +184,24 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
         "/var/lib/kubelet left behind"
     );
     ok(&cluster(&dir, &["down"]), "second cluster down");
+}
+
+/// A cluster whose run was killed before `down` leaves /run/kiln-cluster/owner naming its
+/// folder, though none of its processes runs: `up` elsewhere must take over, not refuse (nor
+/// fail silently, as it once did). Staged only when no cluster owns the machine.
+fn crashed_cluster_left_its_owner_file() -> Option<std::path::PathBuf> {
+    let owner = Path::new("/run/kiln-cluster/owner");
+    if owner.exists() {
+        return None;
+    }
+    let crashed = scratch_dir("cluster-crashed");
+    let mut gone = Command::new("true").spawn().expect("running true");
+    gone.wait().expect("waiting for true");
+    std::fs::create_dir_all(crashed.join("pids")).expect("pids folder");
+    std::fs::write(crashed.join("pids/etcd"), gone.id().to_string()).expect("pid file");
+    std::fs::create_dir_all("/run/kiln-cluster").expect("/run/kiln-cluster");
+    std::fs::write(owner, crashed.display().to_string()).expect("owner file");
+    Some(crashed)
 }
 
 /// Another cluster folder's `up` is refused at once with the way out, and its `down` leaves the
@@ -294,7 +317,8 @@ fn kvm_only_for_pods_that_request_it(dir: &Path) {
     assert_eq!(without, "kvm: no\n");
 }
 
-/// `load-images` packs the release kiln-vmm into kiln.local/kiln-vmm:VERSION; in a pod holding
+/// `load-images` packs the release kiln-vmm into kiln.local/kiln-vmm:VERSION and pushes it to
+/// the cluster's registry, which containerd pulls it from; in a pod holding
 /// devices.kiln.dev/kvm it boots a tiny guest (from a ConfigMap) whose exit status becomes the
 /// container's.
 fn kiln_vmm_image_boots_a_guest_in_a_pod(dir: &Path) {
@@ -314,7 +338,7 @@ fn kiln_vmm_image_boots_a_guest_in_a_pod(dir: &Path) {
     let json = format!(
         r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "vm"}},
  "spec": {{"restartPolicy": "Never", "containers": [{{"name": "vmm",
-  "image": "kiln.local/kiln-vmm:{version}", "imagePullPolicy": "Never",
+  "image": "kiln.local/kiln-vmm:{version}", "imagePullPolicy": "IfNotPresent",
   "args": ["--kernel", "/guest/tiny.elf", "--mem", "16", "--serial-out", "none"],
   "resources": {{"limits": {{"devices.kiln.dev/kvm": "1"}}}},
   "volumeMounts": [{{"name": "guest", "mountPath": "/guest"}}]}}],

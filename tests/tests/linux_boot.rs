@@ -46,9 +46,16 @@ fn expect_exit(run: &mut VmmRun, code: i32, message: &str) {
     );
 }
 
+/// Also the watchdog's regression test: after the marker the init spins in user space
+/// (`for (;;);`, one RIP) three times longer than the stuck timeout, which once made kiln-vmm
+/// fail a healthy VM ("runnable at RIP 0x401030", exit 4); now the guest powers off on time.
 #[test]
-fn vmlinux_boots_to_user_space_and_powers_off() {
-    let mut run = boot("vmlinux", "", &["--boot-timer"]);
+fn vmlinux_boots_to_user_space_spins_and_powers_off() {
+    let mut run = boot(
+        "vmlinux",
+        "kiln.action=spin:12",
+        &["--boot-timer", "--stuck-timeout", "4"],
+    );
     expect_line(&mut run, MARKER);
     let marker = run.seen.iter().find(|l| l.text.contains(MARKER)).cloned();
     assert_eq!(
@@ -59,8 +66,11 @@ fn vmlinux_boots_to_user_space_and_powers_off() {
     expect_line(&mut run, "KILN_CPUS_ONLINE 0");
     // The init wrote 123 to the boot-timer page after printing the marker.
     expect_line(&mut run, "guest boot time: ");
+    expect_line(&mut run, "KILN_SPINNING");
+    expect_line(&mut run, "spun in user space");
     expect_exit(&mut run, 0, "guest powered off (status 0)");
     let first = run.stderr();
+    assert!(!first.contains("runnable at RIP"), "{first}");
     assert!(
         first.contains("CPU template: pvm-host") || !kiln_tests::host_is_pvm(),
         "{first}"

@@ -1,10 +1,12 @@
 //! Tiny hand-made PVH guests on real KVM reach each path in milliseconds: debug-exit status,
-//! console input, emulation failure, stuck vCPU, hung hypercall, stop signals.
+//! console input, emulation failure, stuck vCPU, hung hypercall, stop signals; and the guest
+//! build's `kiln-tiny` kernel for the API's waiting state readers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kiln_tests::api_client::ApiClient;
 use kiln_tests::process::VmmRun;
-use kiln_tests::{host_is_pvm, kiln_vmm, scratch_dir, tiny_guest};
+use kiln_tests::{guest_dir, host_is_pvm, kiln_vmm, scratch_dir, tiny_guest};
 
 /// kiln-vmm arguments that boot `code` as a tiny guest (16 MiB, no console output) plus `args`.
 fn tiny_args(name: &str, code: &[u8], args: &[&str]) -> Vec<String> {
@@ -158,6 +160,120 @@ fn sigint_stops_a_running_guest_cleanly() {
     assert_eq!(status.code(), Some(130), "{}", run.transcript());
     assert!(
         run.stderr().contains("stopped by signal 2"),
+        "{}",
+        run.transcript()
+    );
+}
+
+/// `GET /kiln/v1/state?after_revision=` waits for the next change instead of being polled:
+/// pause, resume and the end of the VM each answer a waiting reader at once, and a reader
+/// whose wait runs out gets the unchanged state. Runs `kiln-tiny` (the guest build's tiny
+/// kernel), which holds until Ctrl-Alt-Del and then reboots.
+#[test]
+fn state_readers_wait_for_the_next_change() {
+    let dir = scratch_dir("state-wait");
+    let sock = dir.join("api.sock");
+    let args = [
+        "--api-sock".to_string(),
+        sock.display().to_string(),
+        "--boot-timer".into(),
+        "--linger".into(),
+        "--serial-out".into(),
+        "none".into(),
+    ];
+    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
+    let api = ApiClient::new(&sock);
+    api.wait_ready(Duration::from_secs(10));
+    let state = |path: &str| {
+        let r = api.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.json()
+    };
+    let before = state("/kiln/v1/state?after_revision=0&wait_ms=5000");
+    assert_eq!(
+        before["state"], "NotStarted",
+        "answered at once before boot"
+    );
+    let kernel = guest_dir().join("kiln-tiny");
+    for (path, body) in [
+        (
+            "/boot-source",
+            format!(
+                r#"{{"kernel_image_path": "{}", "boot_args": "kiln.action=hold"}}"#,
+                kernel.display()
+            ),
+        ),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
+        ),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
+    ] {
+        let r = api.put(path, &body);
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+    // The guest signals the boot timer at once: wait for that change if it is not seen yet.
+    let mut now = state("/kiln/v1/state");
+    if now["boot_time_us"].is_null() {
+        let rev = now["revision"].as_u64().unwrap();
+        now = state(&format!(
+            "/kiln/v1/state?after_revision={rev}&wait_ms=10000"
+        ));
+    }
+    assert_eq!(now["state"], "Running");
+    assert!(now["boot_time_us"].as_u64().is_some(), "{now}");
+    let rev = now["revision"].as_u64().unwrap();
+
+    // Nothing changes: the wait runs out and the state comes back unchanged.
+    let t = Instant::now();
+    let same = state(&format!("/kiln/v1/state?after_revision={rev}&wait_ms=400"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(390),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(same["revision"].as_u64(), Some(rev));
+
+    // Each change answers a waiting reader at once.
+    let waiting = |after: u64| {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = ApiClient::new(&sock).get(&format!(
+                "/kiln/v1/state?after_revision={after}&wait_ms=20000"
+            ));
+            (r.json(), t.elapsed())
+        })
+    };
+    let mut rev = rev;
+    for (change, body, want) in [
+        ("/vm", r#"{"state": "Paused"}"#, "Paused"),
+        ("/vm", r#"{"state": "Resumed"}"#, "Running"),
+        ("/actions", r#"{"action_type": "SendCtrlAltDel"}"#, "Exited"),
+    ] {
+        let reader = waiting(rev);
+        std::thread::sleep(Duration::from_millis(300));
+        let r = if change == "/vm" {
+            api.patch(change, body)
+        } else {
+            api.put(change, body)
+        };
+        assert_eq!(r.status, 204, "{change} {body}: {}", r.body);
+        let (seen, waited) = reader.join().unwrap();
+        assert_eq!(seen["state"], want, "{seen}");
+        assert!(seen["revision"].as_u64().unwrap() > rev, "{seen}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "{body}: answered after {waited:?}"
+        );
+        rev = seen["revision"].as_u64().unwrap();
+    }
+    let end = state("/kiln/v1/state");
+    assert_eq!(end["exit"]["reason"], "Reboot", "{end}");
+    run.signal(libc::SIGTERM);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()),
+        Some(0),
         "{}",
         run.transcript()
     );

@@ -10,13 +10,13 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use devices::legacy::{
     DebugExit, SerialConsole, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042, I8042_DATA_PORT,
     I8042_PORT_COUNT, KEYBOARD_IRQ, SERIAL_PORT_COUNT,
 };
-use devices::pseudo::BootTimer;
+use devices::pseudo::{BootTime, BootTimer};
 use devices::EventFdTrigger;
 use thiserror::Error;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
@@ -52,7 +52,7 @@ pub struct PlatformDevices {
     pub io: Arc<IoManager>,
     pub serial: Arc<Mutex<SerialConsole>>,
     /// Filled by the boot timer when the guest signals it (if the device is enabled).
-    pub boot_time: Arc<Mutex<Option<Duration>>>,
+    pub boot_time: Arc<BootTime>,
     /// Event handlers of the virtio devices (queues and backends).
     pub virtio: Vec<DeviceSubscriber>,
     /// The block devices by drive id (post-boot drive updates).
@@ -130,7 +130,7 @@ pub fn attach_devices(
     io.register_pio(range(DEBUG_EXIT_PORT, 4, "debug-exit")?, debug_exit)
         .map_err(|e| DeviceError::Bus("debug-exit", e))?;
 
-    let boot_time = Arc::new(Mutex::new(None));
+    let boot_time = BootTime::new().map_err(DeviceError::EventFd)?;
     if res.boot_timer {
         let timer = Arc::new(Mutex::new(BootTimer::new(start, boot_time.clone())));
         let r = MmioRange::new(MmioAddress(BOOT_TIMER_START), BOOT_TIMER_SIZE)

@@ -229,6 +229,7 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
         info,
         res,
         start_reply,
+        waiters: Vec::new(),
     });
     let (exit, api) = run_vm(
         built,
@@ -246,9 +247,15 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
         }
         _ => info!("{} (exit status {code})", exit.describe()),
     }
-    if cli.linger {
-        if let Some(api) = api {
-            let state = RunState::Exited(exit);
+    if let Some(mut api) = api {
+        let state = RunState::Exited(exit);
+        api.info.revision += 1;
+        let mut waiting = std::mem::take(&mut api.waiters);
+        for w in &mut waiting {
+            w.after = 0; // every reader is due: the VM has ended
+        }
+        api.info.answer_waiters(&mut waiting, &state);
+        if cli.linger {
             serve_after_exit(&api.receiver, &api.res, &api.info, &state, &signals);
         }
     }
@@ -264,6 +271,7 @@ fn new_info(cli: &Cli, log: LogControl, start: Instant) -> VmmInfo {
         metrics: None,
         vm_started: None,
         boot_time: None,
+        revision: 0,
     }
 }
 

@@ -13,5 +13,6 @@ pub use machine::{BootSource, MachineConfiguration, MachineConfigurationUpdate};
 pub use observability::{LogLevel, Logger, Metrics};
 pub use vm::{
     ActionType, ApiErrorBody, FullVmConfiguration, InstanceActionInfo, InstanceInfo, InstanceState,
-    KilnExit, KilnRunState, KilnVmState, VersionInfo, Vm, VmStateRequest,
+    KilnExit, KilnRunState, KilnVmState, StateQuery, VersionInfo, Vm, VmStateRequest,
+    MAX_STATE_WAIT_MS,
 };

@@ -121,6 +121,10 @@ pub struct ApiErrorBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KilnVmState {
     pub state: KilnRunState,
+    /// Grows with every change a reader can see (started, booted, paused, resumed, ended):
+    /// `?after_revision=` waits for the next one.
+    #[serde(default)]
+    pub revision: u64,
     /// Set once the VM has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<KilnExit>,
@@ -147,4 +151,48 @@ pub struct KilnExit {
     pub reason: String,
     pub message: String,
     pub exit_code: i32,
+}
+
+/// The query of `GET /kiln/v1/state`: with `after_revision=R`, the answer waits (at most
+/// `wait_ms`, default and limit 60000) until the state's revision is past R.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateQuery {
+    pub after_revision: Option<u64>,
+    pub wait_ms: u64,
+}
+
+/// Longest wait `GET /kiln/v1/state?after_revision=` accepts.
+pub const MAX_STATE_WAIT_MS: u64 = 60_000;
+
+impl StateQuery {
+    /// Parses `after_revision=N&wait_ms=M`; unknown or malformed parameters are errors.
+    pub fn parse(query: Option<&str>) -> Result<StateQuery, String> {
+        let mut q = StateQuery {
+            after_revision: None,
+            wait_ms: MAX_STATE_WAIT_MS,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{key} must be a whole number, not {value:?}"))
+            };
+            match key {
+                "after_revision" => q.after_revision = Some(number()?),
+                "wait_ms" => {
+                    q.wait_ms = number()?;
+                    if q.wait_ms > MAX_STATE_WAIT_MS {
+                        return Err(format!("wait_ms is at most {MAX_STATE_WAIT_MS}"));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown query parameter {key:?} (after_revision and wait_ms are known)"
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    }
 }

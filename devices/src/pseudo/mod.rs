@@ -2,4 +2,4 @@
 
 mod boot_timer;
 
-pub use boot_timer::{BootTimer, BOOT_TIMER_MAGIC};
+pub use boot_timer::{BootTime, BootTimer, BOOT_TIMER_MAGIC};

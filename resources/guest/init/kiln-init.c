@@ -1,8 +1,14 @@
 /*
  * Kiln test guest init (/init in the initramfs, /sbin/init on the rootfs).
  *
- * Prints the boot marker, signals the VMM's boot timer, reports the online CPUs, then does
- * what `kiln.action=` on the kernel command line asks:
+ * Prints the boot marker, signals the VMM's boot timer, reports the online CPUs, applies a
+ * cloud-init NoCloud seed when a disk carries one (a vfat filesystem labelled cidata, as Kiln's
+ * launcher writes): the hostname from meta-data's local-hostname, and a user-data that starts
+ * with "#!" run once per instance-id (as cloud-init's scripts-user; the last instance-id is
+ * kept in /var/lib/kiln/instance-id when the root filesystem is writable), after configuring
+ * eth0 by DHCP when the guest has a NIC (busybox udhcpc, kept running to renew the lease).
+ * Then it does what
+ * `kiln.action=` on the kernel command line asks:
  *   poweroff (default)  write 0 to the VMM's debug-exit port 0xf4 (kiln-vmm exits 0)
  *   exit:N              write N to the debug-exit port (kiln-vmm exits N)
  *   reboot              reboot through the kernel (i8042 reset; kiln-vmm exits 0)
@@ -11,6 +17,9 @@
  *   shell               run /bin/sh on the console (busybox images), power off when it ends
  *   run:PATH            run the shell script PATH (busybox images), then power off with its
  *                       exit status as the debug-exit value (0 = success)
+ *   spin:N              spin in user space (`for (;;);` at one instruction) for N seconds,
+ *                       then power off: a busy guest process the VMM must not mistake for a
+ *                       stuck vCPU
  *
  * While holding or running the shell it acts on the signals init conventionally gets:
  * SIGUSR1/SIGUSR2 (busybox halt/poweroff) power off, SIGTERM (busybox reboot) and SIGINT
@@ -33,6 +42,8 @@
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/types.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -229,6 +240,205 @@ static int run_shell(const char *script) {
 	return status;
 }
 
+/* ---- cloud-init NoCloud seed ---- */
+
+#define SEED_DIR "/run/kiln-seed"
+
+/* Whether the FAT boot sector of `dev` names the volume cidata (FAT12/16 label at 0x2b,
+ * FAT32 at 0x47), as cloud-init requires of a NoCloud seed. */
+static int has_cidata_label(const char *dev) {
+	unsigned char sector[512];
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : pread(fd, sector, sizeof(sector), 0);
+	if (fd >= 0)
+		close(fd);
+	if (n != (ssize_t)sizeof(sector) || sector[510] != 0x55 || sector[511] != 0xaa)
+		return 0;
+	static const size_t offsets[] = {0x2b, 0x47};
+	for (size_t i = 0; i < 2; i++)
+		if (strncasecmp((const char *)sector + offsets[i], "cidata     ", 11) == 0)
+			return 1;
+	return 0;
+}
+
+/* Mounts the first virtio disk labelled cidata read-only at SEED_DIR; 0 when there is none. */
+static int mount_seed(void) {
+	DIR *d = opendir("/sys/block");
+	struct dirent *e;
+	char dev[300];
+	int found = 0;
+	if (!d)
+		return 0;
+	while (!found && (e = readdir(d))) {
+		if (strncmp(e->d_name, "vd", 2) != 0)
+			continue;
+		snprintf(dev, sizeof(dev), "/dev/%s", e->d_name);
+		if (!has_cidata_label(dev))
+			continue;
+		mkdir(SEED_DIR, 0755);
+		found = mount(dev, SEED_DIR, "vfat", MS_RDONLY, NULL) == 0;
+		if (!found)
+			say("kiln-init: cannot mount the cidata disk\n");
+	}
+	closedir(d);
+	return found;
+}
+
+/* The value of `key` in meta-data, written either as YAML (key: value) or as JSON
+ * ("key": "value"); "" when absent. */
+static void meta_value(const char *meta, const char *key, char *out, size_t len) {
+	out[0] = 0;
+	const char *p = strstr(meta, key);
+	while (p && p != meta && p[-1] != '\n' && p[-1] != '"' && p[-1] != ' ' && p[-1] != '{' &&
+	       p[-1] != ',')
+		p = strstr(p + 1, key);
+	if (!p)
+		return;
+	p += strlen(key);
+	p += strspn(p, "\" \t");
+	if (*p != ':')
+		return;
+	p++;
+	p += strspn(p, " \t\"'");
+	size_t n = strcspn(p, "\"',}\r\n");
+	while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+		n--;
+	if (n >= len)
+		n = len - 1;
+	memcpy(out, p, n);
+	out[n] = 0;
+}
+
+/* Runs `path` and waits for it, reaping other children meanwhile; returns its exit status. */
+static int run_and_wait(const char *path) {
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl(path, path, (char *)NULL);
+		_exit(127);
+	}
+	int st = 0;
+	pid_t w;
+	while (pid > 0 && (w = wait(&st)) != pid)
+		if (w < 0 && errno != EINTR)
+			return 127;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int copy_file(const char *from, const char *to, mode_t mode) {
+	char buf[4096];
+	ssize_t n;
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	int ok = in >= 0 && out >= 0;
+	while (ok && (n = read(in, buf, sizeof(buf))) > 0)
+		ok = write(out, buf, (size_t)n) == n;
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+	return ok;
+}
+
+/*
+ * Configures eth0 by DHCP when the guest has a NIC and busybox: udhcpc runs its script
+ * (/etc/udhcpc/default.script: address, route, MTU, resolv.conf, hostname) and stays
+ * in the background to renew the lease. init waits until it has a lease (or gave up after a
+ * few tries), so that user-data finds the network up. A NoCloud network-config replaces DHCP:
+ * user-data applies it.
+ */
+static void configure_network(void) {
+	static const char *const argv[] = {"/sbin/udhcpc", "-i", "eth0", "-b", "-t", "6", "-T",
+					   "2", "-O", "mtu", "-O", "search", NULL};
+	if (access("/sys/class/net/eth0", F_OK) != 0 || access("/sbin/udhcpc", X_OK) != 0)
+		return;
+	if (access(SEED_DIR "/network-config", F_OK) == 0) {
+		say("kiln-init: network-config in the NoCloud seed: no DHCP on eth0\n");
+		return;
+	}
+	say("kiln-init: DHCP on eth0\n");
+	pid_t pid = fork();
+	if (pid == 0) {
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	int st = 0;
+	pid_t w;
+	while (pid > 0 && (w = wait(&st)) != pid)
+		if (w < 0 && errno != EINTR)
+			break;
+}
+
+static void apply_seed(void) {
+	char meta[4096], value[256], last[256], head[3] = {0};
+	if (!mount_seed()) {
+		configure_network();
+		return;
+	}
+	int fd = open(SEED_DIR "/meta-data", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? 0 : read(fd, meta, sizeof(meta) - 1);
+	if (fd >= 0)
+		close(fd);
+	meta[n > 0 ? n : 0] = 0;
+	meta_value(meta, "local-hostname", value, sizeof(value));
+	if (value[0] && sethostname(value, strlen(value)) == 0) {
+		say("kiln-init: hostname ");
+		say(value);
+		say(" (NoCloud seed)\n");
+	}
+	configure_network();
+	meta_value(meta, "instance-id", value, sizeof(value));
+	fd = open(SEED_DIR "/user-data", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || read(fd, head, 2) != 2 || strcmp(head, "#!") != 0) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	close(fd);
+	read_line("/var/lib/kiln/instance-id", last, sizeof(last));
+	if (value[0] && strcmp(value, last) == 0) {
+		say("kiln-init: user-data already ran for instance ");
+		say(value);
+		say("\n");
+		return;
+	}
+	if (!copy_file(SEED_DIR "/user-data", "/run/kiln-user-data", 0700)) {
+		say("kiln-init: cannot copy user-data to /run\n");
+		return;
+	}
+	say("kiln-init: running user-data\n");
+	int status = run_and_wait("/run/kiln-user-data");
+	snprintf(meta, sizeof(meta), "kiln-init: user-data exited with status %d\n", status);
+	say(meta);
+	mkdir("/var/lib", 0755);
+	mkdir("/var/lib/kiln", 0755);
+	fd = open("/var/lib/kiln/instance-id", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd >= 0) {
+		(void)!write(fd, value, strlen(value));
+		(void)!write(fd, "\n", 1);
+		close(fd);
+		sync();
+	}
+}
+
+/* ---- spin:N ---- */
+
+static void end_spin(int sig) {
+	(void)sig;
+	say("kiln-init: spun in user space; powering off\n");
+	power_off(0);
+}
+
+static void spin(int seconds) {
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = end_spin;
+	sigaction(SIGALRM, &sa, NULL);
+	say("KILN_SPINNING\n");
+	alarm(seconds > 0 ? (unsigned)seconds : 1);
+	for (;;)
+		;
+}
+
 int main(void) {
 	char buf[4096], action[256] = "poweroff";
 
@@ -242,10 +452,12 @@ int main(void) {
 	mount_fs("devtmpfs", "/dev");
 	mount_fs("sysfs", "/sys");
 	signal_boot_timer();
+	mount_fs("tmpfs", "/run");
 	say("KILN_CPUS_ONLINE ");
 	say(read_line("/sys/devices/system/cpu/online", buf, sizeof(buf)));
 	say("\n");
 
+	apply_seed();
 	read_line("/proc/cmdline", buf, sizeof(buf));
 	for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " "))
 		if (strncmp(tok, "kiln.action=", 12) == 0)
@@ -257,6 +469,8 @@ int main(void) {
 		power_off(atoi(action + 5));
 	if (strcmp(action, "reboot") == 0)
 		do_reboot();
+	if (strncmp(action, "spin:", 5) == 0)
+		spin(atoi(action + 5));
 	if (strcmp(action, "panic") == 0) {
 		say("KILN_PANIC_REQUESTED\n");
 		return 1;

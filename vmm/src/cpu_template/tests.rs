@@ -104,6 +104,10 @@ fn builtin_templates_are_valid() {
     let all = builtin_templates().unwrap();
     let pvm = all.iter().find(|t| t.name == "pvm-host").unwrap();
     assert!(pvm.kernel_cmdline.contains("pvm_syscall_fixup"));
+    // Guest user space sees the host's AVX through native CPUID; without XSAVE it must not use it.
+    assert!(pvm
+        .kernel_cmdline
+        .contains("GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F"));
     assert_eq!(
         pvm.host_match.as_ref().unwrap().kernel_module.as_deref(),
         Some("kvm_pvm")

@@ -100,6 +100,23 @@ pub struct VmmInfo {
     /// When the VM was built and its vCPUs about to start.
     pub vm_started: Option<Duration>,
     pub boot_time: Option<Duration>,
+    /// Counts the changes `GET /kiln/v1/state` readers can see; waiting readers are answered
+    /// when it grows.
+    pub revision: u64,
+}
+
+/// A `GET /kiln/v1/state?after_revision=` reader waiting for a change.
+pub struct StateWaiter {
+    pub after: u64,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<ApiResponse>,
+}
+
+impl StateWaiter {
+    /// Whether to answer now: the state has moved past what the reader saw, or time is up.
+    pub fn due(&self, revision: u64, now: Instant) -> bool {
+        revision > self.after || now >= self.deadline
+    }
 }
 
 impl VmmInfo {
@@ -118,6 +135,7 @@ impl VmmInfo {
 
     pub fn kiln_state(&self, state: &RunState) -> KilnVmState {
         KilnVmState {
+            revision: self.revision,
             state: match state {
                 RunState::NotStarted => KilnRunState::NotStarted,
                 RunState::Running => KilnRunState::Running,
@@ -133,7 +151,20 @@ impl VmmInfo {
         }
     }
 
+    /// Answers the waiters that are due with the current state; keeps the others.
+    pub fn answer_waiters(&self, waiters: &mut Vec<StateWaiter>, state: &RunState) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(waiters)
+            .into_iter()
+            .partition(|w| w.due(self.revision, now));
+        *waiters = waiting;
+        for w in due {
+            let _ = w.reply.send(ApiResponse::ok(&self.kiln_state(state)));
+        }
+    }
+
     /// Answers the read-only resources, the same in every phase; `None` for anything else.
+    /// (Readers of the run state are answered at once here; only a running VM makes them wait.)
     pub fn query(
         &self,
         req: &ApiRequest,
@@ -147,7 +178,7 @@ impl VmmInfo {
             }),
             ApiRequest::GetMachineConfig => ApiResponse::ok(&res.machine_config.to_api()),
             ApiRequest::GetVmConfig => ApiResponse::ok(&res.to_api_config()),
-            ApiRequest::GetKilnState => ApiResponse::ok(&self.kiln_state(state)),
+            ApiRequest::GetKilnState(_) => ApiResponse::ok(&self.kiln_state(state)),
             _ => return None,
         })
     }

@@ -1,20 +1,21 @@
 //! While the VM runs: API requests are served on the VMM's event loop, next to the devices, so
 //! no vCPU or device thread ever waits for a client. Pause/resume, Ctrl-Alt-Del, drive swaps,
-//! metrics, and the read-only resources.
+//! metrics, the read-only resources, and readers waiting for the run state to change.
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use api::models::{no_rate_limiter, ActionType, VmStateRequest};
+use api::models::{no_rate_limiter, ActionType, StateQuery, VmStateRequest};
 use api::oneshot;
 use api::{ApiRequest, ApiResponse};
 use devices::legacy::I8042;
+use devices::pseudo::BootTime;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{info, warn};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::{ApiReceiver, RunState, VmmInfo, AFTER_START};
+use super::{ApiMessage, ApiReceiver, RunState, StateWaiter, VmmInfo, AFTER_START};
 use crate::device_manager::BlockDevices;
 use crate::metrics::METRICS_PERIOD;
 use crate::resources::VmResources;
@@ -30,6 +31,8 @@ pub struct RuntimeApi {
     pub res: VmResources,
     /// The InstanceStart request, answered once the vCPUs run.
     pub start_reply: Option<oneshot::Sender<ApiResponse>>,
+    /// Readers of the run state still waiting when the VM ended (answered with the exit).
+    pub waiters: Vec<StateWaiter>,
 }
 
 /// What the controller needs of the running VM.
@@ -40,7 +43,7 @@ pub struct VmHandles {
     pub vcpu_count: usize,
     pub i8042: Arc<Mutex<I8042>>,
     pub blocks: BlockDevices,
-    pub boot_time: Arc<Mutex<Option<Duration>>>,
+    pub boot_time: Arc<BootTime>,
 }
 
 pub struct RuntimeController {
@@ -48,6 +51,8 @@ pub struct RuntimeController {
     vm: VmHandles,
     state: RunState,
     metrics_timer: Option<TimerFd>,
+    /// Fires at the earliest waiting reader's deadline.
+    wait_timer: Option<TimerFd>,
 }
 
 impl RuntimeController {
@@ -59,11 +64,13 @@ impl RuntimeController {
             t.reset(METRICS_PERIOD, Some(METRICS_PERIOD)).ok()?;
             Some(t)
         });
+        api.info.revision += 1;
         RuntimeController {
             api,
             vm,
             state: RunState::Running,
             metrics_timer,
+            wait_timer: TimerFd::new().ok(),
         }
     }
 
@@ -74,7 +81,40 @@ impl RuntimeController {
 
     fn refresh_boot_time(&mut self) {
         if self.api.info.boot_time.is_none() {
-            self.api.info.boot_time = *self.vm.boot_time.lock().unwrap_or_else(|p| p.into_inner());
+            self.api.info.boot_time = self.vm.boot_time.get();
+            if self.api.info.boot_time.is_some() {
+                self.api.info.revision += 1;
+            }
+        }
+    }
+
+    /// A reader of the run state: answered now, or parked until the state changes.
+    fn read_state(&mut self, query: StateQuery, msg: ApiMessage) {
+        self.refresh_boot_time();
+        let waiter = StateWaiter {
+            after: query.after_revision.unwrap_or(u64::MAX),
+            deadline: Instant::now() + Duration::from_millis(query.wait_ms),
+            reply: msg.reply,
+        };
+        if query.after_revision.is_none() {
+            let _ = waiter
+                .reply
+                .send(ApiResponse::ok(&self.api.info.kiln_state(&self.state)));
+            return;
+        }
+        self.api.waiters.push(waiter);
+    }
+
+    /// Answers the readers that are due and sets the timer for the next deadline.
+    fn answer_waiters(&mut self) {
+        self.api
+            .info
+            .answer_waiters(&mut self.api.waiters, &self.state);
+        let next = self.api.waiters.iter().map(|w| w.deadline).min();
+        if let (Some(timer), Some(next)) = (&mut self.wait_timer, next) {
+            // At least 1 ms: a zero duration would disarm the timer.
+            let left = next.saturating_duration_since(Instant::now());
+            let _ = timer.reset(left.max(Duration::from_millis(1)), None);
         }
     }
 
@@ -98,7 +138,10 @@ impl RuntimeController {
             ApiRequest::PatchVm(VmStateRequest::Paused) => self.pause(),
             ApiRequest::PatchVm(VmStateRequest::Resumed) => {
                 self.vm.pause.resume();
-                self.state = RunState::Running;
+                if self.state != RunState::Running {
+                    self.state = RunState::Running;
+                    self.api.info.revision += 1;
+                }
                 info!("VM resumed");
                 Ok(())
             }
@@ -125,7 +168,10 @@ impl RuntimeController {
     fn pause(&mut self) -> Result<(), String> {
         let kick = &self.vm.kick_vcpus;
         if self.vm.pause.pause(self.vm.vcpu_count, PAUSE_TIMEOUT, kick) {
-            self.state = RunState::Paused;
+            if self.state != RunState::Paused {
+                self.state = RunState::Paused;
+                self.api.info.revision += 1;
+            }
             info!("VM paused");
             Ok(())
         } else {
@@ -169,10 +215,23 @@ impl MutEventSubscriber for RuntimeController {
         if events.fd() == self.api.receiver.event().as_raw_fd() {
             let _ = self.api.receiver.event().read();
             while let Some(msg) = self.api.receiver.try_recv() {
+                if let ApiRequest::GetKilnState(query) = msg.request {
+                    self.read_state(query, msg);
+                    continue;
+                }
                 let response = self.handle(&msg.request);
                 // The client may have gone; nothing to do then.
                 let _ = msg.reply.send(response);
             }
+        } else if events.fd() == self.vm.boot_time.event().as_raw_fd() {
+            let _ = self.vm.boot_time.event().read();
+            self.refresh_boot_time();
+        } else if let Some(timer) = self
+            .wait_timer
+            .as_mut()
+            .filter(|t| events.fd() == t.as_raw_fd())
+        {
+            let _ = timer.wait();
         } else if let Some(timer) = &mut self.metrics_timer {
             if events.fd() == timer.as_raw_fd() {
                 let _ = timer.wait();
@@ -185,6 +244,7 @@ impl MutEventSubscriber for RuntimeController {
                 }
             }
         }
+        self.answer_waiters();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -194,7 +254,11 @@ impl MutEventSubscriber for RuntimeController {
             }
         };
         add(self.api.receiver.event().as_raw_fd());
+        add(self.vm.boot_time.event().as_raw_fd());
         if let Some(t) = &self.metrics_timer {
+            add(t.as_raw_fd());
+        }
+        if let Some(t) = &self.wait_timer {
             add(t.as_raw_fd());
         }
     }

@@ -1,5 +1,6 @@
 //! Stuck-vCPU watchdog: kicks every vCPU once a second and fails the VM when one has been
-//! inside KVM_RUN, or runnable at one unchanging RIP, for longer than the timeout.
+//! inside KVM_RUN, or runnable in its kernel with interrupts off at one unchanging RIP, for
+//! longer than the timeout.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ fn judge(index: usize, health: &VcpuHealth, now: u64, limit_ms: u64) -> Option<V
     let stalled = health.stalled_since.load(Ordering::Acquire);
     if stalled != 0 && now.saturating_sub(stalled) > limit_ms {
         return Some(VmExit::VcpuStuck(format!(
-            "vCPU {index} has been runnable at RIP {:#x} without moving for {:.1} s",
+            "vCPU {index} has been runnable at RIP {:#x} in its kernel with interrupts off, without moving, for {:.1} s",
             health.last_rip.load(Ordering::Acquire),
             secs(stalled)
         )));

@@ -165,21 +165,36 @@ fn handle_exit(index: u8, exit: VcpuExit, ctx: &VcpuContext) -> Step {
 fn sample_progress(vcpu: &Vcpu, ctx: &VcpuContext) {
     let health = &ctx.health;
     let runnable = matches!(vcpu.fd.get_mp_state(), Ok(s) if s.mp_state == KVM_MP_STATE_RUNNABLE);
-    let rip = vcpu.fd.get_regs().map(|r| r.rip).ok();
-    match rip {
-        Some(rip) if runnable && rip == health.last_rip.load(Ordering::Acquire) => {
-            let _ = health.stalled_since.compare_exchange(
-                0,
-                stamp(ctx.start),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-        }
-        _ => {
-            health.stalled_since.store(0, Ordering::Release);
-            health.last_rip.store(rip.unwrap_or(0), Ordering::Release);
-        }
+    let regs = vcpu.fd.get_regs().ok();
+    let rip = regs.as_ref().map(|r| r.rip);
+    let same_place =
+        runnable && rip.is_some() && rip == Some(health.last_rip.load(Ordering::Acquire));
+    let stuck = same_place
+        && regs.as_ref().is_some_and(|r| {
+            let cpl = vcpu.fd.get_sregs().map(|s| s.cs.selector & 3).unwrap_or(0);
+            cannot_progress(cpl, r.rflags & RFLAGS_IF != 0)
+        });
+    if stuck {
+        let _ = health.stalled_since.compare_exchange(
+            0,
+            stamp(ctx.start),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    } else {
+        health.stalled_since.store(0, Ordering::Release);
+        health.last_rip.store(rip.unwrap_or(0), Ordering::Release);
     }
+}
+
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Whether a vCPU found runnable at the same instruction at every sample cannot be making
+/// progress: only guest kernel code (CPL 0) with interrupts off. A user process spinning in
+/// `for (;;);` sits at one RIP too, but its kernel's timer interrupts still run and can
+/// preempt, signal or kill it; a kernel spinning with interrupts on still services them.
+pub fn cannot_progress(cpl: u16, interrupts_enabled: bool) -> bool {
+    cpl == 0 && !interrupts_enabled
 }
 
 /// Builds the report for KVM_EXIT_INTERNAL_ERROR: suberror, RIP, mode and instruction bytes.
@@ -250,4 +265,23 @@ fn monotonic_seconds() -> f64 {
     // SAFETY: clock_gettime writes into the valid timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cannot_progress;
+
+    #[test]
+    fn only_kernel_code_with_interrupts_off_cannot_progress() {
+        assert!(cannot_progress(0, false), "cli; jmp $ in the kernel");
+        assert!(
+            !cannot_progress(0, true),
+            "a kernel loop still takes interrupts"
+        );
+        assert!(!cannot_progress(3, true), "for (;;); in a user process");
+        assert!(
+            !cannot_progress(3, false),
+            "user mode cannot hold interrupts off"
+        );
+    }
 }

@@ -180,6 +180,37 @@ impl Tap {
         &self.name
     }
 
+    /// Keeps the interface after this descriptor closes, attachable without CAP_NET_ADMIN by
+    /// processes running as `owner` (a network setup step hands the TAP to an unprivileged VMM).
+    pub fn persist(&self, owner: libc::uid_t) -> Result<(), TapError> {
+        if !self.is_tap {
+            return Ok(());
+        }
+        // SAFETY: TUNSETOWNER and TUNSETPERSIST take their argument by value.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOWNER,
+                owner as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(self.setup_error("setting the owner"));
+        }
+        // SAFETY: as above.
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                1 as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(self.setup_error("making it persistent"));
+        }
+        Ok(())
+    }
+
     /// Reads one frame (vnet header first) into `buf`.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         io::Read::read(&mut &self.file, buf)

@@ -13,7 +13,7 @@ use kiln_tests::api_client::parse_response;
 use kiln_tests::process::VmmRun;
 use kiln_tests::{guest_dir, kiln_vmm, scratch_dir};
 
-use crate::{arg_value, kiln_args, stats, BOOT_LIMIT, MARKER};
+use crate::{arg_num, kiln_args, stats, BOOT_LIMIT, MARKER};
 
 /// CPU time of every thread of `pid` so far, in ms (scheduler statistics: ns resolution).
 fn process_cpu_ms(pid: u32) -> f64 {
@@ -185,12 +185,8 @@ fn latency_table(sock: &Path, n: usize, phase: &str) {
 }
 
 pub fn bench_api(args: &[String]) {
-    let runs: usize = arg_value(args, "--runs")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let n: usize = arg_value(args, "--requests")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let runs: usize = arg_num(args, "--runs", 20);
+    let n: usize = arg_num(args, "--requests", 1000);
     let running = args.iter().any(|a| a == "--running");
     let dir = scratch_dir("bench-api");
 

@@ -7,6 +7,12 @@
 //!                                                 disk and TCP throughput, VMM CPU per GB, vs QEMU
 //!   kiln-bench api [--runs N] [--requests N] [--running]
 //!                                                 API start-up (wall, CPU) and request latency
+//!   kiln-bench vms [--runs N] [--batch N] [--rounds N] [--scale N] [--only single,batch,scale,overhead]
+//!                                                 Kiln on the development cluster vs kiln-vmm
+//!                                                 alone (as root; brings its own cluster up)
+//!   kiln-bench net [--rounds N] [--mib M] [--connects N]
+//!                                                 TCP through the pod network (masquerade) vs the
+//!                                                 same guest on a TAP; connect latency VM vs pod
 //!
 //! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
 //! target/. Runs alternate so that a noisy shared machine affects both sides alike.
@@ -16,7 +22,9 @@ use std::process::Command;
 use std::time::Duration;
 
 mod api;
+mod net;
 mod virtio;
+mod vms;
 
 use kiln_tests::process::VmmRun;
 use kiln_tests::{guest_dir, kiln_vmm};
@@ -35,9 +43,13 @@ fn monotonic() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
+/// (min, median, max); NaN for no values.
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
     let median = if s.len() % 2 == 1 {
         s[s.len() / 2]
     } else {
@@ -50,6 +62,13 @@ fn arg_value(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The number after `name`, or `default` when it is absent or not a number.
+fn arg_num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    arg_value(args, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn kiln_args(g: &Path, extra: &[&str]) -> Vec<String> {
@@ -172,9 +191,7 @@ fn vmm_reported_ms(line: &str) -> Option<f64> {
 }
 
 fn bench_boot(args: &[String]) {
-    let runs: usize = arg_value(args, "--runs")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = arg_num(args, "--runs", 5);
     let qemu =
         PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
     let kiln = kiln_vmm();
@@ -249,9 +266,7 @@ fn bench_boot(args: &[String]) {
 }
 
 fn bench_startup(args: &[String]) {
-    let runs: usize = arg_value(args, "--runs")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs: usize = arg_num(args, "--runs", 20);
     let kiln = kiln_vmm();
     let g = guest_dir();
     let k_args = kiln_args(g, &["--serial-out", "none"]);
@@ -292,9 +307,7 @@ fn bench_startup(args: &[String]) {
 /// VMM overhead: a guest whose first instruction writes the debug-exit port. Spawn to reaped
 /// process is then all VMM (and, for QEMU, firmware) time; alternating kiln-vmm and QEMU.
 fn bench_overhead(args: &[String]) {
-    let runs: usize = arg_value(args, "--runs")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs: usize = arg_num(args, "--runs", 20);
     let qemu =
         PathBuf::from(arg_value(args, "--qemu").unwrap_or_else(|| "qemu-system-x86_64".into()));
     let kiln = kiln_vmm();
@@ -346,9 +359,11 @@ fn main() {
         Some("overhead") => bench_overhead(&args[1..]),
         Some("virtio") => virtio::bench_virtio(&args[1..]),
         Some("api") => api::bench_api(&args[1..]),
+        Some("vms") => vms::bench_vms(&args[1..]),
+        Some("net") => net::bench_net(&args[1..]),
         _ => {
             eprintln!(
-                "usage: kiln-bench boot|startup|overhead|virtio|api [--runs N] ... (see the top of main.rs)"
+                "usage: kiln-bench boot|startup|overhead|virtio|api|vms|net [--runs N] ... (see the top of main.rs)"
             );
             std::process::exit(2);
         }

@@ -58,7 +58,7 @@ struct Sample {
 
 /// CPU seconds of every thread of `pid` except the vCPU threads (kiln-vmm "vcpuN",
 /// QEMU "CPU N/KVM"): the device and event-loop work.
-fn non_vcpu_cpu_secs(pid: i32) -> f64 {
+pub(crate) fn non_vcpu_cpu_secs(pid: i32) -> f64 {
     let tick = 100.0; // USER_HZ
     let mut total = 0.0;
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

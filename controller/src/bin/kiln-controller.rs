@@ -1,0 +1,93 @@
+//! kiln-controller: turns VirtualMachines and VirtualMachineInstances into launcher pods (see
+//! the kiln_controller crate); `kiln-controller crds` prints the CustomResourceDefinitions.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln_controller::run::{run, Options};
+use kiln_controller::vmi::pod::Images;
+
+#[derive(Parser)]
+#[command(version, about = "Kiln's Kubernetes controller")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The controller's namespace (its lease and token key): $POD_NAMESPACE, else kiln-system.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kiln-system")]
+    namespace: String,
+    /// The launcher image of VM pods.
+    #[arg(long, env = "KILN_LAUNCHER_IMAGE", default_value = concat!("kiln.local/kiln-launcher:", env!("CARGO_PKG_VERSION")))]
+    launcher_image: String,
+    /// Its pull policy.
+    #[arg(
+        long,
+        env = "KILN_LAUNCHER_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    launcher_pull_policy: String,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Act at once instead of electing a leader (a single replica, or out of the cluster).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Reconciles in flight per controller.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions (resources/deploy/crds.yaml).
+    Crds,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Crds) = cli.command {
+        return match kiln_crd::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kiln-controller: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kiln-controller: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = Options {
+        namespace: cli.namespace,
+        images: Images {
+            launcher: cli.launcher_image,
+            launcher_pull_policy: cli.launcher_pull_policy,
+        },
+        metrics_addr: cli.metrics_addr,
+        leader_election: !cli.no_leader_election,
+        concurrency: cli.concurrency,
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
