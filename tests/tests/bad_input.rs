@@ -259,6 +259,21 @@ fn bad_config_files_and_api_flags() {
         );
     }
     expect_error(&["--log-level", "info"], 2, "nothing to run");
+    // A descriptor handed to an API-configured VM is checked before the API serves it; a config
+    // file lists its own NICs.
+    let sock = dir.join("api.sock").display().to_string();
+    expect_error(
+        &["--api-sock", &sock, "--net", "fd=77"],
+        1,
+        "fd 77 is not a TAP device",
+    );
+    assert!(!Path::new(&sock).exists(), "the API socket was left behind");
+    let file = dir.join("c0.json").display().to_string();
+    expect_error(
+        &["--no-api", "--config-file", &file, "--net", "tap=kt0"],
+        2,
+        "--net needs --kernel or --api-sock",
+    );
     expect_error(
         &["--no-api", "--api-sock", "/tmp/x"],
         2,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use devices::virtio::net::{Tap, TapError};
 use tracing::{error, info, Level};
 
 use vmm::arch::x86_64::mptable::MAX_CPUS;
@@ -19,7 +20,9 @@ use vmm::rpc_interface::{api_channel, preboot, RunState, VmmInfo};
 use vmm::runtime::{run_vm, StopSignals, TerminalMode};
 use vmm::vm_exit::{exit_code, VmExit};
 use vmm::vmm_config::machine_config::DEFAULT_MEM_MIB;
-use vmm::vmm_config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig};
+use vmm::vmm_config::{
+    BootSourceConfig, DriveConfig, MachineConfig, NetConfig, SerialConfig, TapBackend,
+};
 
 /// Kiln's KVM virtual machine monitor: boots Linux directly (PVH vmlinux, or bzImage through
 /// the 64-bit boot protocol) with a serial console and virtio-mmio disks, NICs and entropy.
@@ -88,8 +91,10 @@ struct Cli {
     disks: Vec<DriveConfig>,
     /// A virtio-net NIC on a TAP device: tap=NAME[,mac=MAC] (the interface is created when
     /// missing, which needs CAP_NET_ADMIN) or fd=N[,mac=MAC] (an inherited TAP descriptor opened
-    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). Repeatable: eth0, eth1, ...
-    #[arg(long = "net", value_name = "SPEC", requires = "kernel")]
+    /// with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR). Repeatable: eth0, eth1, ... With --api-sock alone
+    /// these NICs (ids net0, net1, ...) come before any the API adds: the way to hand an
+    /// API-configured VM a descriptor, which only a parent process can give.
+    #[arg(long = "net", value_name = "SPEC")]
     nets: Vec<NetConfig>,
     /// A virtio-rng entropy device fed from the host's getrandom(2) (/dev/hwrng in the guest).
     #[arg(long, requires = "kernel")]
@@ -141,6 +146,19 @@ impl Cli {
         res.entropy = self.entropy;
         res
     }
+
+    /// The `--net` NICs for an API-configured VM, named net0, net1, ...; an inherited descriptor
+    /// is checked now, since no API call could replace it later.
+    fn numbered_nets(&self) -> Result<Vec<NetConfig>, TapError> {
+        let mut nets = self.nets.clone();
+        for (i, n) in nets.iter_mut().enumerate() {
+            n.iface_id = format!("net{i}");
+            if let TapBackend::Fd(fd) = n.tap {
+                Tap::from_fd(fd)?;
+            }
+        }
+        Ok(nets)
+    }
 }
 
 /// Removes the API socket when kiln-vmm exits normally.
@@ -167,6 +185,13 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
     if cli.kernel.is_none() && cli.config_file.is_none() && cli.api_sock.is_none() {
         return Err(Failure::Usage(
             "nothing to run: give --kernel, --config-file or --api-sock (see --help)".into(),
+        ));
+    }
+    if !cli.nets.is_empty()
+        && (cli.config_file.is_some() || (cli.kernel.is_none() && cli.api_sock.is_none()))
+    {
+        return Err(Failure::Usage(
+            "--net needs --kernel or --api-sock (a config file lists its NICs itself)".into(),
         ));
     }
     // Before any thread exists, so that every thread inherits the blocked stop signals.
@@ -207,6 +232,7 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
         (None, Some(receiver)) => {
             let mut res = VmResources::empty();
             cli.apply_process_options(&mut res);
+            res.nets = cli.numbered_nets().map_err(vmm_err)?;
             let waited = serve_until_start(receiver, &mut res, &mut info, &signals, |r| {
                 build_vm(r, start).map_err(|e| e.to_string())
             });

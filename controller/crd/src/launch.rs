@@ -85,7 +85,7 @@ pub enum ProbeCheck {
     },
 }
 
-/// The TAP device the network setup creates in the pod and kiln-vmm attaches to.
+/// The TAP device the network setup creates in the pod; the launcher hands it to kiln-vmm.
 pub const TAP_NAME: &str = "tap0";
 /// The pod's own interface (the CNI's).
 pub const POD_INTERFACE: &str = "eth0";

@@ -2,12 +2,14 @@
 //! polling), act on the controller's pause/unpause, restart the guest in place when it reboots,
 //! and on SIGTERM ask the guest to shut down (Ctrl-Alt-Del) within the grace period.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use api::models::{ActionType, InstanceActionInfo, KilnRunState, Vm, VmStateRequest};
+use devices::virtio::net::Tap;
 use hyper::Method;
-use kiln_crd::launch::{LaunchSpec, LauncherPhase};
+use kiln_crd::launch::{LaunchSpec, LauncherPhase, TAP_NAME};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -34,7 +36,7 @@ pub enum Outcome {
     /// Stopped on request (SIGTERM): the guest shut down or the grace period ran out.
     Stopped,
     /// Anything else: the VMI Failed, for `reason` (PowerOff, Panic, VcpuFailure, VcpuStuck,
-    /// Killed, StartFailed, DiskError).
+    /// Killed, StartFailed, DiskError, NetworkError).
     Failed { reason: String, message: String },
 }
 
@@ -70,6 +72,23 @@ impl Supervisor {
                 }
             }
         };
+        // The TAP the network init container left, owned by this user (no privilege needed),
+        // opened once for the pod's life and inherited by each kiln-vmm.
+        let tap = match self
+            .spec
+            .network
+            .as_ref()
+            .map(|_| Tap::open_named(TAP_NAME))
+        {
+            None => None,
+            Some(Ok(tap)) => Some(tap),
+            Some(Err(e)) => {
+                return Outcome::Failed {
+                    reason: "NetworkError".into(),
+                    message: e.to_string(),
+                }
+            }
+        };
         loop {
             let stopping = *self.stop.borrow();
             if stopping {
@@ -80,7 +99,7 @@ impl Supervisor {
                 s.boot_time_ms = None;
                 s.paused = false;
             });
-            match self.boot_once(&drives).await {
+            match self.boot_once(&drives, tap.as_ref()).await {
                 BootEnd::Reboot if !*self.stop.borrow() => {
                     info!("the guest rebooted; starting it again in this pod");
                     self.state.update(|s| s.restarts += 1);
@@ -108,8 +127,11 @@ impl Supervisor {
         }
     }
 
-    async fn boot_once(&mut self, drives: &[api::models::Drive]) -> BootEnd {
-        let mut vmm = match VmmProcess::spawn(&self.vmm_bin, &self.socket, &self.spec.name) {
+    async fn boot_once(&mut self, drives: &[api::models::Drive], tap: Option<&Tap>) -> BootEnd {
+        let nic = tap
+            .zip(self.spec.network.as_ref())
+            .map(|(tap, net)| (tap.as_raw_fd(), net.mac.as_str()));
+        let mut vmm = match VmmProcess::spawn(&self.vmm_bin, &self.socket, &self.spec.name, nic) {
             Ok(v) => v,
             Err(e) => return BootEnd::StartFailed(e.to_string()),
         };

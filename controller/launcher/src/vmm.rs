@@ -1,17 +1,18 @@
 //! One kiln-vmm process: started with its API socket, the boot timer and `--linger` (so its
 //! exit reason can be read), the console on the launcher's own stdin/stdout (the container's:
-//! `kubectl logs` and attach see it), configured and booted through the API, stopped by pid.
+//! `kubectl logs` and attach see it), the pod network's TAP as an inherited descriptor
+//! (`--net fd=N`), configured and booted through the API, stopped by pid.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use api::models::{
     ActionType, BootSource, Drive, EntropyDevice, InstanceActionInfo, MachineConfiguration,
-    NetworkInterface,
 };
 use hyper::Method;
-use kiln_crd::launch::{LaunchSpec, TAP_NAME};
+use kiln_crd::launch::LaunchSpec;
 use thiserror::Error;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
@@ -35,14 +36,34 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Starts kiln-vmm waiting on `socket`; `id` names it in its logs.
-    pub fn spawn(bin: &Path, socket: &Path, id: &str) -> Result<VmmProcess, VmmError> {
+    /// Starts kiln-vmm waiting on `socket`; `id` names it in its logs. `nic` is the guest's NIC:
+    /// an open TAP descriptor of this process and the guest's MAC.
+    pub fn spawn(
+        bin: &Path,
+        socket: &Path,
+        id: &str,
+        nic: Option<(RawFd, &str)>,
+    ) -> Result<VmmProcess, VmmError> {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(bin)
-            .arg("--api-sock")
+        let mut cmd = Command::new(bin);
+        cmd.arg("--api-sock")
             .arg(socket)
             .args(["--boot-timer", "--linger", "--serial-out", "stdout", "--id"])
-            .arg(id)
+            .arg(id);
+        if let Some((fd, mac)) = nic {
+            cmd.arg("--net").arg(format!("fd={fd},mac={mac}"));
+            // SAFETY: runs in the forked child before exec, where it only clears close-on-exec
+            // on the child's copy of `fd` (fcntl is async-signal-safe), so kiln-vmm inherits it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .stdin(Stdio::inherit())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
@@ -58,7 +79,7 @@ impl VmmProcess {
         })
     }
 
-    /// Configures the machine, kernel, drives and entropy, then boots.
+    /// Configures the machine, kernel, drives and entropy (the NIC came with `spawn`), then boots.
     pub async fn configure_and_start(
         &self,
         spec: &LaunchSpec,
@@ -92,18 +113,6 @@ impl VmmProcess {
         .await?;
         for d in drives {
             c.send(Method::PUT, &format!("/drives/{}", d.drive_id), d)
-                .await?;
-        }
-        if let Some(net) = &spec.network {
-            // The TAP the network init container left, owned by this user: no privilege needed.
-            let nic = NetworkInterface {
-                iface_id: "eth0".into(),
-                host_dev_name: TAP_NAME.into(),
-                guest_mac: Some(net.mac.clone()),
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
-            };
-            c.send(Method::PUT, "/network-interfaces/eth0", &nic)
                 .await?;
         }
         if spec.entropy {

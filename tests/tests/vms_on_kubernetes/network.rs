@@ -4,7 +4,8 @@
 //! each other's Service; `ports[]` lets only those ports through; a readiness probe keeps a VM
 //! out of its Service until the guest serves; a failing liveness probe restarts a VM; a guest
 //! flooding its DHCP server with malformed packets crashes nothing and disturbs no other VM; a
-//! bridged guest holds the pod's IP and MAC, and a pod reaches it on that IP.
+//! bridged guest holds the pod's IP and MAC, a pod reaches it on that IP, and it reaches a
+//! Service by name.
 
 use std::time::Duration;
 
@@ -29,8 +30,10 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
----
-apiVersion: v1
+"#;
+
+/// Service `alpha`, for the other guest to reach alpha by name.
+const ALPHA_SERVICE: &str = r#"apiVersion: v1
 kind: Service
 metadata: {name: alpha}
 spec:
@@ -98,6 +101,7 @@ pub fn pod_network(c: &Cluster) {
     // alpha and beta reach each other: two boot slots, held to the end.
     let _slots = c.boots.take(2);
     c.apply(&ns, WEB);
+    c.apply(&ns, ALPHA_SERVICE);
     // alpha: no network section at all (the default masquerade interface), every port.
     let alpha_then = [
         "out=$(nslookup kubernetes.default.svc.cluster.local); echo \"DNS_KUBERNETES ${out##*Address: }\"".to_string(),
@@ -350,9 +354,15 @@ pub fn bridge_binding(c: &Cluster) {
     let _slot = c.boots.take(1);
     let devices = "          interfaces: [{name: default, bridge: {}}]";
     let spec = "      networks: [{name: default, pod: {}}]\n      readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 2, timeoutSeconds: 10}";
+    c.apply(&ns, WEB);
+    // Out of the bridged guest: DNS through CoreDNS (UDP) and a Service's pod (TCP), both
+    // through the node's NAT with the pod's own address as the source.
     let script = user_data(
         "",
-        "read mac < /sys/class/net/eth0/address; echo \"GUEST_MAC $mac\"",
+        &format!(
+            "read mac < /sys/class/net/eth0/address; echo \"GUEST_MAC $mac\"; {}",
+            fetch("FETCHED_WEB", "http://web/")
+        ),
     );
     c.apply(&ns, &linux_vm("gamma", devices, spec, &script));
     let console = c.wait_console(&ns, "gamma", "GUEST_MAC", BOOT);
@@ -390,5 +400,11 @@ pub fn bridge_binding(c: &Cluster) {
     assert!(
         got.contains("KILN_PAGE gamma"),
         "port 81 on the pod IP: {got}"
+    );
+    let console = c.wait_console(&ns, "gamma", "FETCHED_WEB", BOOT);
+    assert_eq!(
+        console_value(&console, "FETCHED_WEB"),
+        "KILN_POD_PAGE",
+        "the bridged guest fetched http://web/: {console}"
     );
 }

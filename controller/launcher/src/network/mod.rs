@@ -1,9 +1,9 @@
 //! The guest's place on the pod network. `setup` runs once in the pod's init container (the
-//! only one holding NET_ADMIN): it creates the TAP kiln-vmm attaches to, then binds it to the
-//! pod. Masquerade: the TAP gets the guest network's gateway address and the pod's MTU,
-//! forwarding between eth0 and the TAP is turned on (per interface, through netlink: /proc/sys
-//! is read-only in containers) and the NAT rules go in with nft. Bridge: `bridge`. The
-//! launcher then serves DHCP to the guest (`dhcp`).
+//! only one holding NET_ADMIN): it creates the TAP (which the launcher opens and kiln-vmm
+//! inherits), then binds it to the pod. Masquerade: the TAP gets the guest network's gateway
+//! address and the pod's MTU, forwarding between eth0 and the TAP is turned on (per interface,
+//! through netlink: /proc/sys is read-only in containers) and the NAT rules go in with nft.
+//! Bridge: `bridge`. The launcher then serves DHCP to the guest (`dhcp`).
 
 pub mod bridge;
 pub mod dhcp;
