@@ -353,7 +353,10 @@ pub fn bridge_binding(c: &Cluster) {
     let ns = c.namespace("bridge");
     let _slot = c.boots.take(1);
     let devices = "          interfaces: [{name: default, bridge: {}}]";
-    let spec = "      networks: [{name: default, pod: {}}]\n      readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 2, timeoutSeconds: 10}";
+    // Every probe connection forks a busybox httpd child, which costs these emulated guest
+    // kernels seconds: a 2 s period starved the guest's own wget of CPU (it received the page
+    // and was killed by `timeout` before it could print it), so probe every 10 s.
+    let spec = "      networks: [{name: default, pod: {}}]\n      readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 10, timeoutSeconds: 10}";
     c.apply(&ns, WEB);
     // Out of the bridged guest: DNS through CoreDNS (UDP) and a Service's pod (TCP), both
     // through the node's NAT with the pod's own address as the source.
