@@ -139,20 +139,25 @@ impl Cli {
                 d.drive_id = format!("disk{i}");
             }
         }
-        res.nets = self.nets.clone();
-        for (i, n) in res.nets.iter_mut().enumerate() {
-            n.iface_id = format!("net{i}");
-        }
+        res.nets = self.numbered_nets();
         res.entropy = self.entropy;
         res
     }
 
-    /// The `--net` NICs for an API-configured VM, named net0, net1, ...; an inherited descriptor
-    /// is checked now, since no API call could replace it later.
-    fn numbered_nets(&self) -> Result<Vec<NetConfig>, TapError> {
+    /// The `--net` NICs, named net0, net1, ...
+    fn numbered_nets(&self) -> Vec<NetConfig> {
         let mut nets = self.nets.clone();
         for (i, n) in nets.iter_mut().enumerate() {
             n.iface_id = format!("net{i}");
+        }
+        nets
+    }
+
+    /// The `--net` NICs for an API-configured VM; an inherited descriptor is checked now, since
+    /// no API call could replace it later.
+    fn checked_nets(&self) -> Result<Vec<NetConfig>, TapError> {
+        let nets = self.numbered_nets();
+        for n in &nets {
             if let TapBackend::Fd(fd) = n.tap {
                 Tap::from_fd(fd)?;
             }
@@ -232,7 +237,7 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
         (None, Some(receiver)) => {
             let mut res = VmResources::empty();
             cli.apply_process_options(&mut res);
-            res.nets = cli.numbered_nets().map_err(vmm_err)?;
+            res.nets = cli.checked_nets().map_err(vmm_err)?;
             let waited = serve_until_start(receiver, &mut res, &mut info, &signals, |r| {
                 build_vm(r, start).map_err(|e| e.to_string())
             });
