@@ -96,27 +96,16 @@ fn prepare_one(d: &LaunchDisk) -> Result<Drive, DiskError> {
             user_data,
             network_config,
         } => {
-            let seed_err = |error| DiskError::Seed {
+            seed::write_nocloud(
+                Path::new(path),
+                meta_data,
+                user_data.as_ref(),
+                network_config.as_ref(),
+            )
+            .map_err(|error| DiskError::Seed {
                 volume: d.volume.clone(),
                 error,
-            };
-            let user = user_data
-                .as_ref()
-                .map(|u| seed::resolve("user-data", u))
-                .transpose()
-                .map_err(seed_err)?;
-            let net = network_config
-                .as_ref()
-                .map(|n| seed::resolve("network-config", n))
-                .transpose()
-                .map_err(seed_err)?;
-            seed::write_seed(
-                Path::new(path),
-                meta_data.as_bytes(),
-                user.as_deref(),
-                net.as_deref(),
-            )
-            .map_err(seed_err)?;
+            })?;
             path.clone()
         }
     };

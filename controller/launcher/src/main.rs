@@ -7,6 +7,7 @@
 mod control;
 mod disks;
 mod network;
+mod network_config;
 mod probe;
 mod seed;
 mod state;

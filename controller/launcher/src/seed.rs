@@ -1,6 +1,7 @@
 //! The cloud-init NoCloud seed: a vfat image labelled `cidata` holding `meta-data`,
-//! `user-data` and `network-config`, which cloud-init (and Kiln's own guest init) read from a
-//! disk. Written with the fatfs crate; the data comes inline, base64 or from a mounted Secret.
+//! `user-data` and `network-config` (and `kiln-network`, that file as Kiln's guest applies it),
+//! which cloud-init and Kiln's own guest init read from a disk. Written with the fatfs crate;
+//! the data comes inline, base64 or from a mounted Secret.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -10,6 +11,9 @@ use base64::Engine;
 use kiln_crd::launch::CloudData;
 use kiln_crd::volumes::MAX_CLOUD_INIT_BYTES;
 use thiserror::Error;
+use tracing::warn;
+
+use crate::network_config;
 
 #[derive(Debug, Error)]
 pub enum SeedError {
@@ -55,19 +59,45 @@ pub fn resolve(what: &'static str, data: &CloudData) -> Result<Vec<u8>, SeedErro
     Ok(bytes)
 }
 
-/// Writes the seed image at `path` (replacing what is there).
-pub fn write_seed(
+/// Writes the NoCloud seed at `path`: meta-data, the user-data and network-config when given,
+/// and `kiln-network` when the network-config is one Kiln's guest can apply (why not is logged:
+/// a cloud-init guest may still read it).
+pub fn write_nocloud(
     path: &Path,
-    meta_data: &[u8],
-    user_data: Option<&[u8]>,
-    network_config: Option<&[u8]>,
+    meta_data: &str,
+    user_data: Option<&CloudData>,
+    network_config: Option<&CloudData>,
 ) -> Result<(), SeedError> {
+    let user = user_data.map(|u| resolve("user-data", u)).transpose()?;
+    let net = network_config
+        .map(|n| resolve("network-config", n))
+        .transpose()?;
+    let kiln_network = net.as_deref().and_then(|n| match network_config::parse(n) {
+        Ok(guest) => Some(guest.render()),
+        Err(e) => {
+            warn!("{e}; Kiln's guest will not apply it (cloud-init guests read it themselves)");
+            None
+        }
+    });
+    let mut files = vec![("meta-data", meta_data.as_bytes())];
+    files.extend(user.as_deref().map(|u| ("user-data", u)));
+    files.extend(net.as_deref().map(|n| ("network-config", n)));
+    files.extend(
+        kiln_network
+            .as_deref()
+            .map(|k| (network_config::KILN_NETWORK_FILE, k.as_bytes())),
+    );
+    write_seed(path, &files)
+}
+
+/// Writes the seed image at `path` (replacing what is there) holding `files`: name and
+/// content (`meta-data`, `user-data`, `network-config`, ...).
+pub fn write_seed(path: &Path, files: &[(&str, &[u8])]) -> Result<(), SeedError> {
     let err = |error| SeedError::Write {
         path: path.display().to_string(),
         error,
     };
-    let payload =
-        meta_data.len() + user_data.map_or(0, <[u8]>::len) + network_config.map_or(0, <[u8]>::len);
+    let payload: usize = files.iter().map(|(_, data)| data.len()).sum();
     // Room for the FAT, the directory and cluster rounding; at least 1 MiB.
     let size = ((payload as u64 * 5 / 4 + (256 << 10)).max(1 << 20)).next_multiple_of(1 << 20);
     let file = OpenOptions::new()
@@ -91,12 +121,8 @@ pub fn write_seed(
         f.write_all(data)?;
         f.flush()
     };
-    put("meta-data", meta_data).map_err(err)?;
-    if let Some(u) = user_data {
-        put("user-data", u).map_err(err)?;
-    }
-    if let Some(n) = network_config {
-        put("network-config", n).map_err(err)?;
+    for (name, data) in files {
+        put(name, data).map_err(err)?;
     }
     drop(root);
     fs.unmount().map_err(err)?;
@@ -122,9 +148,10 @@ mod tests {
         let user = b"#!/bin/sh\necho hello\n".to_vec();
         write_seed(
             &img,
-            b"instance-id: i-1\nlocal-hostname: web\n",
-            Some(&user),
-            None,
+            &[
+                ("meta-data", b"instance-id: i-1\nlocal-hostname: web\n"),
+                ("user-data", &user),
+            ],
         )
         .unwrap();
         let raw = std::fs::read(&img).unwrap();
@@ -155,6 +182,38 @@ mod tests {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
+    }
+
+    fn read_file(img: &Path, name: &str) -> Option<String> {
+        let fs = fatfs::FileSystem::new(File::open(img).unwrap(), fatfs::FsOptions::new()).unwrap();
+        let mut got = String::new();
+        let mut f = fs.root_dir().open_file(name).ok()?;
+        f.read_to_string(&mut got).unwrap();
+        Some(got)
+    }
+
+    #[test]
+    fn a_network_config_comes_with_kiln_network_when_kilns_guest_can_apply_it() {
+        let d = scratch("netcfg");
+        let img = d.join("seed.img");
+        let net = "version: 2\nethernets: {eth0: {addresses: [10.0.2.2/24], gateway4: 10.0.2.1}}\n";
+        let inline = |text: &str| CloudData::Inline { text: text.into() };
+        write_nocloud(&img, "instance-id: i-1\n", None, Some(&inline(net))).unwrap();
+        assert_eq!(read_file(&img, "network-config").as_deref(), Some(net));
+        assert_eq!(
+            read_file(&img, "kiln-network").as_deref(),
+            Some("mode: static\naddress: 10.0.2.2\nnetmask: 255.255.255.0\ngateway: 10.0.2.1\n")
+        );
+        assert_eq!(read_file(&img, "user-data"), None);
+        // One the guest cannot apply is still written, unchanged, for a cloud-init guest.
+        let bonds = "version: 2\nbonds: {bond0: {interfaces: [eth0]}}\n";
+        write_nocloud(&img, "instance-id: i-2\n", None, Some(&inline(bonds))).unwrap();
+        assert_eq!(read_file(&img, "network-config").as_deref(), Some(bonds));
+        assert_eq!(read_file(&img, "kiln-network"), None);
+        assert_eq!(
+            read_file(&img, "meta-data").as_deref(),
+            Some("instance-id: i-2\n")
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
  * launcher writes): the hostname from meta-data's local-hostname, and a user-data that starts
  * with "#!" run once per instance-id (as cloud-init's scripts-user; the last instance-id is
  * kept in /var/lib/kiln/instance-id when the root filesystem is writable), after configuring
- * eth0 by DHCP when the guest has a NIC (busybox udhcpc, kept running to renew the lease).
+ * eth0 when the guest has a NIC: by DHCP (busybox udhcpc, kept running to renew the lease), or
+ * statically from the seed's network-config (as the launcher read it into kiln-network).
  * Then it does what
  * `kiln.action=` on the kernel command line asks:
  *   poweroff (default)  write 0 to the VMM's debug-exit port 0xf4 (kiln-vmm exits 0)
@@ -29,8 +30,12 @@
  * A static C program rather than a shell script: on hosts that emulate guest ring-0 code every
  * fork and exec costs seconds, and the marker should measure the kernel, not the shell.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +45,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -339,22 +345,115 @@ static int copy_file(const char *from, const char *to, mode_t mode) {
 	return ok;
 }
 
+/* Sets an IPv4 address-like field of eth0 (SIOCSIFADDR, SIOCSIFNETMASK); 0 on success. */
+static int set_eth0_addr(int s, unsigned long req, const char *ip) {
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "eth0");
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+	sin->sin_family = AF_INET;
+	if (inet_pton(AF_INET, ip, &sin->sin_addr) != 1)
+		return -1;
+	return ioctl(s, req, &ifr);
+}
+
+/* Writes /etc/resolv.conf from space-separated DNS servers and search domains. */
+static void write_resolv_conf(const char *dns, const char *search) {
+	char buf[1024], list[256];
+	size_t n = 0;
+	if (search[0])
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "search %s\n", search);
+	snprintf(list, sizeof(list), "%s", dns);
+	for (char *save = NULL, *t = strtok_r(list, " ", &save); t && n < sizeof(buf);
+	     t = strtok_r(NULL, " ", &save))
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "nameserver %s\n", t);
+	int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, n < sizeof(buf) ? n : sizeof(buf) - 1) < 0)
+		say("kiln-init: cannot write /etc/resolv.conf\n");
+	if (fd >= 0)
+		close(fd);
+}
+
 /*
- * Configures eth0 by DHCP when the guest has a NIC and busybox: udhcpc runs its script
- * (/etc/udhcpc/default.script: address, route, MTU, resolv.conf, hostname) and stays
- * in the background to renew the lease. init waits until it has a lease (or gave up after a
- * few tries), so that user-data finds the network up. A NoCloud network-config replaces DHCP:
- * user-data applies it.
+ * Applies a static configuration of eth0 from the seed's kiln-network (the launcher's reading of
+ * the NoCloud network-config: address, netmask, gateway, mtu, dns, search) with ioctls, no fork.
+ */
+static void apply_static_network(const char *conf) {
+	char addr[64], mask[64], gw[64], mtu[16], dns[256], search[256], line[768];
+	meta_value(conf, "address", addr, sizeof(addr));
+	meta_value(conf, "netmask", mask, sizeof(mask));
+	meta_value(conf, "gateway", gw, sizeof(gw));
+	meta_value(conf, "mtu", mtu, sizeof(mtu));
+	meta_value(conf, "dns", dns, sizeof(dns));
+	meta_value(conf, "search", search, sizeof(search));
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "eth0");
+	int ok = s >= 0 && set_eth0_addr(s, SIOCSIFADDR, addr) == 0 &&
+		 set_eth0_addr(s, SIOCSIFNETMASK, mask) == 0;
+	if (ok && mtu[0]) {
+		ifr.ifr_mtu = atoi(mtu);
+		ok = ioctl(s, SIOCSIFMTU, &ifr) == 0;
+	}
+	if (ok && (ok = ioctl(s, SIOCGIFFLAGS, &ifr) == 0)) {
+		ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+		ok = ioctl(s, SIOCSIFFLAGS, &ifr) == 0;
+	}
+	if (ok && gw[0]) {
+		struct rtentry rt;
+		memset(&rt, 0, sizeof(rt));
+		struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
+		struct sockaddr_in *gen = (struct sockaddr_in *)&rt.rt_genmask;
+		struct sockaddr_in *via = (struct sockaddr_in *)&rt.rt_gateway;
+		dst->sin_family = gen->sin_family = via->sin_family = AF_INET;
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		rt.rt_dev = ifr.ifr_name;
+		ok = inet_pton(AF_INET, gw, &via->sin_addr) == 1 && ioctl(s, SIOCADDRT, &rt) == 0;
+	}
+	if (s >= 0)
+		close(s);
+	if (dns[0] || search[0])
+		write_resolv_conf(dns, search);
+	snprintf(line, sizeof(line), "kiln-init: eth0 %s netmask %s gateway %s mtu %s dns %s%s\n",
+		 addr, mask, gw[0] ? gw : "none", mtu[0] ? mtu : "default", dns[0] ? dns : "none",
+		 ok ? " (NoCloud network-config)" : ": failed to apply the NoCloud network-config");
+	say(line);
+}
+
+/*
+ * Configures eth0 when the guest has a NIC. A NoCloud network-config replaces DHCP: its static
+ * address, as the launcher read it into kiln-network, is applied here (a network-config without
+ * kiln-network, from another seed writer, is left to user-data). Otherwise, or when it asks for
+ * DHCP, busybox udhcpc runs its script (/etc/udhcpc/default.script: address, route, MTU,
+ * resolv.conf, hostname) and stays in the background to renew the lease; init waits until it
+ * has a lease (or gave up after a few tries), so that user-data finds the network up.
  */
 static void configure_network(void) {
 	static const char *const argv[] = {"/sbin/udhcpc", "-i", "eth0", "-b", "-t", "6", "-T",
 					   "2", "-O", "mtu", "-O", "search", NULL};
-	if (access("/sys/class/net/eth0", F_OK) != 0 || access("/sbin/udhcpc", X_OK) != 0)
+	if (access("/sys/class/net/eth0", F_OK) != 0)
 		return;
 	if (access(SEED_DIR "/network-config", F_OK) == 0) {
-		say("kiln-init: network-config in the NoCloud seed: no DHCP on eth0\n");
-		return;
+		char conf[1024], mode[16];
+		int fd = open(SEED_DIR "/kiln-network", O_RDONLY | O_CLOEXEC);
+		ssize_t n = fd < 0 ? -1 : read(fd, conf, sizeof(conf) - 1);
+		if (fd >= 0)
+			close(fd);
+		if (n <= 0) {
+			say("kiln-init: network-config in the NoCloud seed without kiln-network: eth0 left "
+			    "to user-data\n");
+			return;
+		}
+		conf[n] = 0;
+		meta_value(conf, "mode", mode, sizeof(mode));
+		if (strcmp(mode, "static") == 0) {
+			apply_static_network(conf);
+			return;
+		}
 	}
+	if (access("/sbin/udhcpc", X_OK) != 0)
+		return;
 	say("kiln-init: DHCP on eth0\n");
 	pid_t pid = fork();
 	if (pid == 0) {

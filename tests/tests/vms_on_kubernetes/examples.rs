@@ -133,11 +133,13 @@ pub fn kiln_examples(c: &Cluster) {
         web.contains("kiln-init: hostname web-1 (NoCloud seed)"),
         "{web}"
     );
-    // Its network-config replaced DHCP; user-data set the address; the probe passes once
-    // httpd serves, and the Service then has the pod.
+    // Its network-config replaced DHCP: the guest applied its address, gateway, MTU and DNS;
+    // the probe passes once httpd serves, and the Service then has the pod.
     assert!(
-        web.contains("network-config in the NoCloud seed: no DHCP on eth0")
-            && !web.contains("DHCP: leased"),
+        web.contains(
+            "kiln-init: eth0 10.0.2.2 netmask 255.255.255.0 gateway 10.0.2.1 mtu 1400 \
+             dns 10.96.0.10 (NoCloud network-config)"
+        ) && !web.contains("DHCP on eth0"),
         "{web}"
     );
     c.wait_field(
@@ -152,6 +154,9 @@ pub fn kiln_examples(c: &Cluster) {
     c.wait(&format!("{ns}: web in its Service"), TINY, || {
         (c.field(&ns, "endpoints/web", "{.subsets[*].addresses[*].ip}") == ip).then_some(())
     });
+    // A pod's request reaches the guest and its answer comes back through the static gateway.
+    let page = super::busybox(c, &ns, "web-client", "wget -qO- -T 60 http://web/");
+    assert!(page.contains("hello from web-1"), "{page}");
     done_with(c, &ns, "web", slot);
 
     let slot = c.boots.take(1);
