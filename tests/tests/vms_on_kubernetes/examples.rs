@@ -382,16 +382,32 @@ pub fn kubevirt_examples(c: &Cluster) {
     c.wait_console(&ns, "vm-cirros", "printed from cloud-init userdata", BOOT);
     done_with(c, &ns, "vm-cirros", slot);
 
-    let vmi_example = |name: &str, marker: &str| {
-        let slot = c.boots.take(1);
+    // vmi-nocloud boots to its cloud-init marker. The containerDisk and the filesystem claim
+    // boot in Kiln's examples and the block claim below, so vmi-ephemeral and vmi-pvc are
+    // admitted and their launcher runs with the example's disk, without a boot of their own
+    // (CI's time goes to boots that prove something new).
+    let container_disk = (
+        "{.spec.initContainers[*].image}",
+        "kiln.local/containerdisks/",
+    );
+    let vmi_example = |name: &str, marker: Option<&str>, (field, want): (&str, &str)| {
+        let slot = marker.map(|_| c.boots.take(1));
         c.apply(&ns, &kiln_version(&read(&format!("{name}.yaml"))));
-        c.wait_console(&ns, name, marker, BOOT);
+        if let Some(marker) = marker {
+            c.wait_console(&ns, name, marker, BOOT);
+        }
         c.wait_field(
             &ns,
             &format!("vmi/{name}"),
             "{.status.phase}",
             "Running",
             TINY,
+        );
+        let pod = c.launcher_pod(&ns, name);
+        let got = c.field(&ns, &format!("pod/{pod}"), field);
+        assert!(
+            got.contains(want),
+            "{name}'s launcher pod: {field} is {got:?}"
         );
         c.kubectl(&[
             "delete",
@@ -402,9 +418,20 @@ pub fn kubevirt_examples(c: &Cluster) {
         ]);
         drop(slot);
     };
-    vmi_example("vmi-nocloud", "printed from cloud-init userdata");
-    vmi_example("vmi-ephemeral", MARKER);
-    vmi_example("vmi-pvc", MARKER);
+    vmi_example(
+        "vmi-nocloud",
+        Some("printed from cloud-init userdata"),
+        container_disk,
+    );
+    vmi_example("vmi-ephemeral", None, container_disk);
+    vmi_example(
+        "vmi-pvc",
+        None,
+        (
+            "{.spec.volumes[*].persistentVolumeClaim.claimName}",
+            "disk-alpine",
+        ),
+    );
 
     // KubeVirt 1.7 dropped its block-claim example: the same VMI on a block-mode claim.
     let slot = c.boots.take(1);
