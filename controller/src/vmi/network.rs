@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kiln_crd::launch::{
     LaunchNetwork, LaunchPort, LaunchProbe, NetworkBinding, ProbeCheck, LAUNCH_DIR, RUN_DIR,
 };
-use kiln_crd::network::{mac_for, masquerade_addresses, pod_interface, GuestProbe, PodInterface};
+use kiln_crd::network::{mac_for, masquerade_addresses, GuestProbe, PodInterface};
 use kiln_crd::VirtualMachineInstance;
 use thiserror::Error;
 
@@ -29,17 +29,21 @@ pub enum NetworkError {
     ProbePort { probe: &'static str, port: String },
 }
 
-/// The VMI's pod-network NIC for the launcher, or None when it has no network.
+/// The VMI's pod-network NIC for the launcher (from its `pod_interface`), or None when it has
+/// no network.
 pub fn launch_network(
-    vmi: &VirtualMachineInstance,
+    iface: Option<&PodInterface>,
     uid: &str,
     hostname: &str,
 ) -> Result<Option<LaunchNetwork>, NetworkError> {
-    let Some(iface) = pod_interface(&vmi.spec) else {
+    let Some(iface) = iface else {
         return Ok(None);
     };
     if masquerade_addresses(&iface.vm_network_cidr).is_none() {
-        return Err(NetworkError::Cidr(iface.name, iface.vm_network_cidr));
+        return Err(NetworkError::Cidr(
+            iface.name.clone(),
+            iface.vm_network_cidr.clone(),
+        ));
     }
     Ok(Some(LaunchNetwork {
         binding: if iface.bridge {
@@ -62,19 +66,16 @@ pub fn launch_network(
             })
             .collect(),
         hostname: hostname.to_string(),
-        name: iface.name,
+        name: iface.name.clone(),
     }))
 }
 
 /// The compute container's ports: the interface's forwarded ports, so that they show on the
 /// pod and Services can name them.
-pub fn container_ports(vmi: &VirtualMachineInstance) -> Vec<ContainerPort> {
-    let Some(iface) = pod_interface(&vmi.spec) else {
-        return Vec::new();
-    };
+pub fn container_ports(iface: Option<&PodInterface>) -> Vec<ContainerPort> {
     iface
-        .ports
         .iter()
+        .flat_map(|i| &i.ports)
         .map(|p| ContainerPort {
             name: p.name.clone(),
             container_port: i32::from(p.port),
@@ -136,22 +137,22 @@ pub fn with_capabilities(add: &[&str]) -> SecurityContext {
     }
 }
 
-/// The VMI's readiness and liveness probes for the launcher.
+/// The VMI's readiness and liveness probes for the launcher (named ports from `iface`).
 pub fn launch_probes(
     vmi: &VirtualMachineInstance,
+    iface: Option<&PodInterface>,
 ) -> Result<(Option<LaunchProbe>, Option<LaunchProbe>), NetworkError> {
-    let iface = pod_interface(&vmi.spec);
     let readiness = vmi
         .spec
         .readiness_probe
         .as_ref()
-        .map(|p| launch_probe("readinessProbe", p, iface.as_ref()))
+        .map(|p| launch_probe("readinessProbe", p, iface))
         .transpose()?;
     let liveness = vmi
         .spec
         .liveness_probe
         .as_ref()
-        .map(|p| launch_probe("livenessProbe", p, iface.as_ref()))
+        .map(|p| launch_probe("livenessProbe", p, iface))
         .transpose()?;
     Ok((readiness, liveness))
 }

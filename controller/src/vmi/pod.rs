@@ -16,6 +16,7 @@ use kiln_crd::domain::PullPolicy;
 use kiln_crd::launch::*;
 use kiln_crd::machine::{self, MachineError};
 use kiln_crd::names::*;
+use kiln_crd::network::pod_interface;
 use kiln_crd::quantity::{format_bytes, format_milli, parse_bytes};
 use kiln_crd::VirtualMachineInstance;
 use kube::Resource;
@@ -307,8 +308,10 @@ pub fn render(
         .unwrap_or(DEFAULT_GRACE_SECONDS)
         .max(0);
     let host = spec.hostname.clone().unwrap_or_else(|| hostname(&name));
-    let network = launch_network(vmi, &uid, &host)?;
-    let (readiness_probe, liveness_probe) = launch_probes(vmi)?;
+    // The pod-network NIC, resolved once for the launch description, the ports and the probes.
+    let iface = pod_interface(spec);
+    let network = launch_network(iface.as_ref(), &uid, &host)?;
+    let (readiness_probe, liveness_probe) = launch_probes(vmi, iface.as_ref())?;
     let launch = LaunchSpec {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -441,7 +444,7 @@ pub fn render(
                 protocol: Some("TCP".into()),
                 ..Default::default()
             })
-            .chain(container_ports(vmi))
+            .chain(container_ports(iface.as_ref()))
             .collect(),
         ),
         readiness_probe: Some(Probe {
