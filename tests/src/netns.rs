@@ -71,15 +71,39 @@ impl NetNs {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            // SAFETY: setns on a namespace fd we opened; it affects only this thread.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            join_netns(&path);
             f()
         })
     }
+
+    /// The namespace's file, for [`in_netns`].
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (a /run/netns file or a
+/// process's /proc/PID/ns/net).
+fn join_netns(path: &str) {
+    let ns = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: setns on a namespace fd we opened; it affects only this thread.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` to its end on a thread inside the network namespace at `path` (a /run/netns file
+/// or /proc/PID/ns/net of a pod's process); `f` may borrow from the caller.
+pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            join_netns(path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 impl Drop for NetNs {

@@ -246,14 +246,14 @@ fn bench_boot(args: &[String]) {
     println!(
         "'guest up' is the guest's own uptime at the marker (time since its kernel clock started)"
     );
-    println!(
-        "| {:<22} | {:>7} | {:>7} | {:>7} | {:>8} | {:>12} |",
-        "VMM", "min", "median", "max", "exit med", "guest up med"
-    );
-    println!(
-        "|{:-<24}|{:->9}|{:->9}|{:->9}|{:->10}|{:->14}|",
-        "", "", "", "", "", ""
-    );
+    table_header(&[
+        ("VMM", 22),
+        ("min", 7),
+        ("median", 7),
+        ("max", 7),
+        ("exit med", 8),
+        ("guest up med", 12),
+    ]);
     let km = row("kiln-vmm", &k);
     let qm = row("QEMU -M microvm", &q);
     println!();
@@ -263,6 +263,22 @@ fn bench_boot(args: &[String]) {
         let (a, b, c) = stats(&fi);
         println!("kiln-vmm process start -> first guest instruction: min {a:.2} / median {b:.2} / max {c:.2} ms");
     }
+}
+
+/// Prints a markdown table's header row and rule: the first column left-aligned, the others
+/// right-aligned, each padded to its width (as the rows below it are).
+pub(crate) fn table_header(columns: &[(&str, usize)]) {
+    let cells: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, w))| match i {
+            0 => format!(" {name:<w$} "),
+            _ => format!(" {name:>w$} "),
+        })
+        .collect();
+    let rule: Vec<String> = columns.iter().map(|(_, w)| "-".repeat(w + 2)).collect();
+    println!("|{}|", cells.join("|"));
+    println!("|{}|", rule.join("|"));
 }
 
 fn bench_startup(args: &[String]) {
@@ -290,11 +306,7 @@ fn bench_startup(args: &[String]) {
     println!(
         "kiln-vmm start-up, {runs} runs (vmlinux + initramfs.cpio, 128 MiB, 1 vCPU; milliseconds)"
     );
-    println!(
-        "| {:<46} | {:>6} | {:>6} | {:>6} |",
-        "interval", "min", "median", "max"
-    );
-    println!("|{:-<48}|{:->8}|{:->8}|{:->8}|", "", "", "", "");
+    table_header(&[("interval", 46), ("min", 6), ("median", 6), ("max", 6)]);
     for (name, v) in [
         ("spawn (fork+exec) -> first guest instruction", &external),
         ("main() -> first guest instruction", &internal),
@@ -337,11 +349,7 @@ fn bench_overhead(args: &[String]) {
     }
     println!("VMM overhead: spawn -> guest writes the exit port at its first instruction -> process reaped");
     println!("{runs} runs each, alternating; 128 MiB, 1 vCPU (milliseconds)");
-    println!(
-        "| {:<22} | {:>7} | {:>7} | {:>7} |",
-        "VMM", "min", "median", "max"
-    );
-    println!("|{:-<24}|{:->9}|{:->9}|{:->9}|", "", "", "", "");
+    table_header(&[("VMM", 22), ("min", 7), ("median", 7), ("max", 7)]);
     for (name, v) in [("kiln-vmm", &k), ("QEMU -M microvm", &q)] {
         let (a, b, c) = stats(v);
         println!("| {name:<22} | {a:>7.1} | {b:>7.1} | {c:>7.1} |");

@@ -1,22 +1,23 @@
-//! `kiln-bench net`: a guest's TCP throughput through the pod network's masquerade and bridge
-//! bindings, side by side in one run with the same guest on a plain TAP in a network namespace
-//! (the floor: kiln-vmm alone), in alternating rounds; TCP connect latency to each VM through
-//! its pod IP against a plain pod's; the launchers' and kiln-vmm's CPU per GB moved.
+//! `kiln-bench net`: a guest's TCP throughput pod → VM and VM → pod through the pod network's
+//! masquerade and bridge bindings, side by side in one run with the same guest on a plain TAP
+//! in a network namespace (the floor: kiln-vmm alone), in alternating rounds; TCP connect
+//! latency pod → VM through each VM's pod IP against pod → pod; the launchers' and kiln-vmm's
+//! CPU per GB moved.
 //!
-//! The client is on the node (in the floor's namespace for the floor): the paths compared
-//! differ only in what Kiln's pod network adds (veth, NAT, the TAP in the pod). The node times
-//! both directions once the guest connected: into the guest until the guest, having read
-//! everything, closes; out of it until EOF (the guest connects only after the node's go, so
-//! nothing waits in a socket buffer beforehand).
+//! The client runs in a client pod's network namespace (this process's thread joins it; in the
+//! floor's namespace for the floor), so the pod paths are what a pod meets: its veth, the node's
+//! bridge, the VM pod's veth, NAT or bridge and the TAP. The client times both directions once
+//! the guest connected: into the guest until the guest, having read everything, closes; out of
+//! it until EOF (the guest connects only after the client's go, so nothing waits in a socket
+//! buffer beforehand).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_tests::guest_image::rootfs_with_script;
 use kiln_tests::kube::{linux_vm_with_user_data, Cluster};
-use kiln_tests::netns::NetNs;
+use kiln_tests::netns::{in_netns, NetNs};
 use kiln_tests::process::VmmRun;
 use kiln_tests::{guest_dir, kiln_vmm, scratch_dir};
 
@@ -113,19 +114,17 @@ fn connect_ms(to: SocketAddr, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn kiln0_address() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "kiln0"])
-        .output()
-        .expect("ip addr show kiln0");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .expect("kiln0 has an IPv4 address")
-        .to_string()
-}
+/// The client pod: it only holds a network namespace, which the benchmark's client threads join.
+const CLIENT_POD: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: net-client}
+spec:
+  containers:
+  - name: client
+    image: kiln.local/busybox:dev
+    imagePullPolicy: IfNotPresent
+    command: [\"sleep\", \"3600017\"]
+";
 
 /// The VMs under test (masquerade, the default, and bridge) and a plain pod to compare their
 /// connect latency with.
@@ -160,7 +159,17 @@ pub fn bench_net(args: &[String]) {
     let c = Cluster::up("bench-net");
     c.install_kiln();
     c.namespace(NS);
-    let node = kiln0_address();
+    // The client pod first: the guests send to its IP.
+    c.apply(NS, CLIENT_POD);
+    c.wait_field(NS, "pod/net-client", "{.status.phase}", "Running", LIMIT);
+    let client: Ipv4Addr = c
+        .field(NS, "pod/net-client", "{.status.podIP}")
+        .parse()
+        .expect("the client pod's IP");
+    let client_ns = format!(
+        "/proc/{}/ns/net",
+        find_pid("busybox", "3600017").expect("the client pod's process")
+    );
 
     // The floor: kiln-vmm and the same guest on a TAP in a namespace, addressed statically.
     let dir = scratch_dir("bench-net");
@@ -195,21 +204,21 @@ pub fn bench_net(args: &[String]) {
         std::path::Path::new("ip"),
         &ns.exec_args(&vmm),
     ));
-    let (floor_to, floor_from) = ns
-        .spawn_inside(|| {
-            (
-                TcpListener::bind(("10.0.2.1", TO_GUEST)).expect("bind"),
-                TcpListener::bind(("10.0.2.1", FROM_GUEST)).expect("bind"),
-            )
-        })
-        .join()
-        .expect("floor listeners");
+    let listeners = |at: Ipv4Addr| {
+        (
+            TcpListener::bind((at, TO_GUEST)).expect("bind"),
+            TcpListener::bind((at, FROM_GUEST)).expect("bind"),
+        )
+    };
+    let (floor_to, floor_from) = in_netns(&ns.path(), || listeners([10, 0, 2, 1].into()));
 
     // The pod network: the same guest as two VMs, masquerade and bridge, and a plain pod. The
-    // rounds take turns, so both VMs' transfers share the node's listeners.
-    c.apply(NS, &pod_network_vms(&guest_script(&node, mib, rounds, "")));
-    let masq_to = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TO_GUEST)).expect("bind 5001");
-    let masq_from = TcpListener::bind((Ipv4Addr::UNSPECIFIED, FROM_GUEST)).expect("bind 5002");
+    // rounds take turns, so both VMs' transfers share the client pod's listeners.
+    c.apply(
+        NS,
+        &pod_network_vms(&guest_script(&client.to_string(), mib, rounds, "")),
+    );
+    let (masq_to, masq_from) = in_netns(&client_ns, || listeners(Ipv4Addr::UNSPECIFIED));
     let bridge_to = masq_to.try_clone().expect("listener");
     let bridge_from = masq_from.try_clone().expect("listener");
     c.wait_console(NS, "net-masq", "BENCH_READY", LIMIT);
@@ -259,51 +268,38 @@ pub fn bench_net(args: &[String]) {
     };
     println!(
         "net benchmark: {rounds} alternating rounds of {mib} MiB each way; guest 1 vCPU, 128 MiB; \
-         client on the node (pod network gateway {node}), VM pods {pod_ip} (masquerade) and \
-         {bridge_ip} (bridge), plain pod {plain_ip}"
+         client in pod net-client ({client}), VM pods {pod_ip} (masquerade) and \
+         {bridge_ip} (bridge), plain pod {plain_ip}; the floor's client beside its TAP"
     );
-    // Connect latency first (the floor guest powers off after its rounds): through the pod IP
-    // to the guest, to a plain pod, and to the floor guest.
-    let floor_connects = ns
-        .spawn_inside(move || connect_ms(SocketAddr::from(([10, 0, 2, 2], 80)), probes))
-        .join()
-        .expect("floor connects");
-    let vm_connects = connect_ms(SocketAddr::from((pod_ip, 80)), probes);
-    let bridge_connects = connect_ms(SocketAddr::from((bridge_ip, 80)), probes);
-    let pod_connects = connect_ms(SocketAddr::from((plain_ip, 80)), probes);
+    // Connect latency first (the floor guest powers off after its rounds): from the client pod
+    // through the pod IP to each guest and to a plain pod; to the floor guest from its namespace.
+    let floor_connects = in_netns(&ns.path(), || {
+        connect_ms(SocketAddr::from(([10, 0, 2, 2], 80)), probes)
+    });
+    let (vm_connects, bridge_connects, pod_connects) = in_netns(&client_ns, || {
+        (
+            connect_ms(SocketAddr::from((pod_ip, 80)), probes),
+            connect_ms(SocketAddr::from((bridge_ip, 80)), probes),
+            connect_ms(SocketAddr::from((plain_ip, 80)), probes),
+        )
+    });
 
     let (mut f, mut m, mut b) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor_cpu, mut vmm_cpu, mut launcher_cpu) = (0.0, 0.0, 0.0);
     let (mut bridge_vmm_cpu, mut bridge_launcher_cpu) = (0.0, 0.0);
     for n in 0..rounds {
-        // The floor runs in its namespace: this thread joins it for the round.
-        let fr = {
-            let cpu0 = non_vcpu_cpu_secs(floor_pid);
-            let r = std::thread::scope(|s| {
-                s.spawn(|| {
-                    let netns = std::fs::File::open(format!("/run/netns/{}", ns.name))
-                        .expect("the floor's namespace");
-                    use std::os::fd::AsRawFd;
-                    // SAFETY: setns on a namespace fd we opened; it affects only this thread.
-                    let ok = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
-                    assert!(ok, "setns: {}", std::io::Error::last_os_error());
-                    round(&floor, mib, n)
-                })
-                .join()
-                .expect("floor round")
-            });
-            floor_cpu += non_vcpu_cpu_secs(floor_pid) - cpu0;
-            r
-        };
+        let cpu0 = non_vcpu_cpu_secs(floor_pid);
+        let fr = in_netns(&ns.path(), || round(&floor, mib, n));
+        floor_cpu += non_vcpu_cpu_secs(floor_pid) - cpu0;
         let (v0, l0) = (non_vcpu_cpu_secs(vmm_pid), non_vcpu_cpu_secs(launcher_pid));
-        let mr = round(&masq, mib, n);
+        let mr = in_netns(&client_ns, || round(&masq, mib, n));
         vmm_cpu += non_vcpu_cpu_secs(vmm_pid) - v0;
         launcher_cpu += non_vcpu_cpu_secs(launcher_pid) - l0;
         let (v0, l0) = (
             non_vcpu_cpu_secs(bridge_vmm_pid),
             non_vcpu_cpu_secs(bridge_launcher_pid),
         );
-        let br = round(&bridge, mib, n);
+        let br = in_netns(&client_ns, || round(&bridge, mib, n));
         bridge_vmm_cpu += non_vcpu_cpu_secs(bridge_vmm_pid) - v0;
         bridge_launcher_cpu += non_vcpu_cpu_secs(bridge_launcher_pid) - l0;
         println!(
@@ -321,8 +317,8 @@ pub fn bench_net(args: &[String]) {
     println!("|---|---|---|---|---|---|");
     type Get = fn(&Round) -> f64;
     let rows: [(&str, Get); 2] = [
-        ("TCP node → guest MB/s", |r| r.to_guest_mbs),
-        ("TCP guest → node MB/s", |r| r.from_guest_mbs),
+        ("TCP client → guest MB/s", |r| r.to_guest_mbs),
+        ("TCP guest → client MB/s", |r| r.from_guest_mbs),
     ];
     for (name, get) in rows {
         let (fl, ma, br) = (med(&f, get), med(&m, get), med(&b, get));
@@ -346,13 +342,13 @@ pub fn bench_net(args: &[String]) {
         bridge_launcher_cpu * 1e3 / gb
     );
     println!();
-    println!("| TCP connect from the node ({probes} each) | P50 ms | P99 ms |");
+    println!("| TCP connect ({probes} each) | P50 ms | P99 ms |");
     println!("|---|---|---|");
     for (name, v) in [
-        ("to the floor guest (TAP)", &floor_connects),
-        ("to the VM through its pod IP (masquerade)", &vm_connects),
-        ("to the VM on its pod IP (bridge)", &bridge_connects),
-        ("to a plain pod", &pod_connects),
+        ("beside the TAP → the floor guest", &floor_connects),
+        ("pod → VM through its pod IP (masquerade)", &vm_connects),
+        ("pod → VM on its pod IP (bridge)", &bridge_connects),
+        ("pod → pod", &pod_connects),
     ] {
         println!(
             "| {name} | {:.3} | {:.3} |",

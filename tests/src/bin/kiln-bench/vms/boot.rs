@@ -80,11 +80,7 @@ pub(super) fn single(c: &Cluster, rx: &mpsc::Receiver<Seen>, runs: usize) {
     let (rb, ab) = (percentile(&booted, 50.0), percentile(&alone_boot, 50.0));
     println!();
     println!("One Linux VM (Kiln's kernel + initramfs, 128 MiB, 1 vCPU), {runs} runs alternating (seconds, P50)");
-    println!(
-        "| {:<52} | {:>8} | {:>8} |",
-        "interval", "cluster", "kiln-vmm"
-    );
-    println!("|{:-<54}|{:->10}|{:->10}|", "", "", "");
+    crate::table_header(&[("interval", 52), ("cluster", 8), ("kiln-vmm", 8)]);
     println!(
         "| {:<52} | {:>8.2} | {:>8.3} |",
         "create (POST) / spawn -> Running / first instruction",
@@ -139,8 +135,7 @@ pub(super) fn batch(c: &Cluster, rx: &mpsc::Receiver<Seen>, n: usize, rounds: us
     );
     println!();
     println!("{n} Linux VMs at once vs {n} kiln-vmm at once, {rounds} round(s): create/spawn -> boot signal (seconds)");
-    println!("| {:<10} | {:>8} | {:>8} |", "", "P50", "P95");
-    println!("|{:-<12}|{:->10}|{:->10}|", "", "", "");
+    crate::table_header(&[("", 10), ("P50", 8), ("P95", 8)]);
     println!("| {:<10} | {c50:>8.1} | {c95:>8.1} |", "cluster");
     println!("| {:<10} | {a50:>8.1} | {a95:>8.1} |", "kiln-vmm");
     println!(

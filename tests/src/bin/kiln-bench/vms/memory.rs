@@ -77,14 +77,14 @@ pub(super) fn overhead(c: &Cluster, rx: &mpsc::Receiver<Seen>) {
     );
     std::thread::sleep(Duration::from_secs(5));
     println!("Per-VM memory (KiB), guests idle after boot");
-    println!(
-        "| {:<10} | {:>14} | {:>13} | {:>12} | {:>12} | {:>15} |",
-        "VM", "guest RAM rss", "kiln-vmm else", "launcher", "both outside", "pod - guest rss"
-    );
-    println!(
-        "|{:-<12}|{:->16}|{:->15}|{:->14}|{:->14}|{:->17}|",
-        "", "", "", "", "", ""
-    );
+    crate::table_header(&[
+        ("VM", 10),
+        ("guest RAM rss", 14),
+        ("kiln-vmm else", 13),
+        ("launcher", 12),
+        ("both outside", 12),
+        ("pod - guest rss", 15),
+    ]);
     for (vm, guest_mib) in [("mem-linux", 128), ("mem-tiny", 16)] {
         let vmm = find_pid("kiln-vmm", vm).expect("kiln-vmm of the VM");
         let launcher = stat_field(vmm, 1)

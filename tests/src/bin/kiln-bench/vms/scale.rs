@@ -175,11 +175,12 @@ pub(super) fn scale(c: &Cluster, rx: &mpsc::Receiver<Seen>, leader: &str, n: usi
         "then {n} plain pods of the launcher pod's shape (2 init containers + 1) the same way;"
     );
     println!("{rounds} round(s), times pooled (seconds; 'all Running': median of the rounds)");
-    println!(
-        "| {:<30} | {:>10} | {:>10} | {:>10} |",
-        "", "Kiln VMIs", "plain pods", "Kiln adds"
-    );
-    println!("|{:-<32}|{:->12}|{:->12}|{:->12}|", "", "", "", "");
+    crate::table_header(&[
+        ("", 30),
+        ("Kiln VMIs", 10),
+        ("plain pods", 10),
+        ("Kiln adds", 10),
+    ]);
     let row = |what: &str, k: f64, p: f64| {
         println!("| {what:<30} | {k:>10.2} | {p:>10.2} | {:>10.2} |", k - p);
     };
@@ -196,11 +197,7 @@ pub(super) fn scale(c: &Cluster, rx: &mpsc::Receiver<Seen>, leader: &str, n: usi
         crate::stats(&plain_all).1,
     );
     println!();
-    println!(
-        "| {:<40} | {:>10} |",
-        "Kiln's controller during the VMI run", ""
-    );
-    println!("|{:-<42}|{:->12}|", "", "");
+    crate::table_header(&[("Kiln's controller during the VMI run", 40), ("", 10)]);
     println!(
         "| {:<40} | {:>8.2} s |",
         "CPU (user+system) per round",
