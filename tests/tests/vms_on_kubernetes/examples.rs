@@ -155,8 +155,16 @@ pub fn kiln_examples(c: &Cluster) {
         (c.field(&ns, "endpoints/web", "{.subsets[*].addresses[*].ip}") == ip).then_some(())
     });
     // A pod's request reaches the guest and its answer comes back through the static gateway.
-    let page = super::busybox(c, &ns, "web-client", "wget -qO- -T 60 http://web/");
-    assert!(page.contains("hello from web-1"), "{page}");
+    let page = super::busybox(
+        c,
+        &ns,
+        "web-client",
+        "timeout 60 wget -q -O - http://web/; echo \"wget exit $?\"",
+    );
+    assert!(
+        page.contains("hello from web-1") && page.contains("wget exit 0"),
+        "{page}"
+    );
     done_with(c, &ns, "web", slot);
 
     let slot = c.boots.take(1);

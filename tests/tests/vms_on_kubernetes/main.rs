@@ -81,7 +81,7 @@ pub fn launcher_pods(c: &Cluster, ns: &str, uid: &str) -> Vec<String> {
     .collect()
 }
 
-/// Runs `script` in a busybox pod `name` to its end; its log.
+/// Runs `script` in a busybox pod `name` to its end; its log (stdout and stderr).
 pub fn busybox(c: &Cluster, ns: &str, name: &str, script: &str) -> String {
     let pod = format!(
         r#"apiVersion: v1
@@ -97,7 +97,8 @@ spec:
 "#
     );
     c.apply(ns, &pod);
-    c.wait(&format!("pod {name} ends"), TINY, || {
+    // Scripts bound their own waits (wget and nc timeouts, retries); this only catches a hang.
+    c.wait(&format!("pod {name} ends"), BOOT, || {
         let phase = c.field(ns, &format!("pod/{name}"), "{.status.phase}");
         (phase == "Succeeded" || phase == "Failed").then_some(())
     });

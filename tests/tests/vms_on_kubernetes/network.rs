@@ -175,7 +175,7 @@ pub fn pod_network(c: &Cluster) {
     let first = client(
         "client-1",
         &format!(
-            "read mtu < /sys/class/net/eth0/mtu; echo MTU $mtu; {}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {alpha_ip} 81",
+            "read mtu < /sys/class/net/eth0/mtu; echo MTU $mtu; {}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 30 {alpha_ip} 81",
             fetch("THROUGH_SERVICE", &format!("http://alpha.{ns}.svc.cluster.local/"))
         ),
     );
@@ -216,7 +216,7 @@ pub fn pod_network(c: &Cluster) {
     let ports = client(
         "client-2",
         &format!(
-            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {beta_ip} 80; echo \"port80 $?\"; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {beta_ip} 81; echo \"port81 $?\""
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 30 {beta_ip} 80; echo \"port80 $?\"; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {beta_ip} 81; echo \"port81 $?\""
         ),
     );
     assert!(
