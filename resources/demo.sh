@@ -44,7 +44,7 @@ for _ in $(seq 1 300); do
 done
 kubectl logs "$pod" -c compute | grep -v '^[0-9-]*T[0-9:.]*Z ' | tail -20
 say "Booted: the guest signalled its boot, so the VM is Ready, with its measured BOOT time"
-kubectl wait "vm/$vm" --for=condition=Ready --timeout=60s >&2
+kubectl wait "vm/$vm" --for=condition=Ready --timeout=300s >&2
 kubectl get vm,vmi "$vm"
 
 cat >&2 <<MSG
