@@ -157,8 +157,17 @@ pub async fn request(
     method: Method,
     path: &str,
 ) -> Result<(u16, Bytes), String> {
-    let addr = format!("{ip}:{CONTROL_PORT}");
-    let stream = tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(&addr))
+    request_to(&format!("{ip}:{CONTROL_PORT}"), Some(token), method, path).await
+}
+
+/// One HTTP/1.1 request to `addr` (host:port), with a bearer token if given; (status, body).
+pub async fn request_to(
+    addr: &str,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+) -> Result<(u16, Bytes), String> {
+    let stream = tokio::time::timeout(CONNECT_LIMIT, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connecting to {addr}: timed out"))?
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
@@ -168,11 +177,14 @@ pub async fn request(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.as_str())
-        .header("authorization", format!("Bearer {token}"))
+        .header("host", addr);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let fut = async {

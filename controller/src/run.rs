@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kiln_crd::cdi::DataVolume;
 use kiln_crd::names::{LAUNCHER_LABEL, LAUNCHER_LABEL_VALUE};
 use kiln_crd::{VirtualMachine, VirtualMachineInstance};
 use kube::api::Api;
@@ -140,7 +141,9 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         vmi_store.clone(),
     ));
     let claims_store = vmi_store.clone();
+    let dv_store = vmi_store.clone();
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
+    let cfg_golden = cfg.clone();
     let vmis = vmi_controller
         .owns_stream(pod_events)
         .watches(
@@ -152,6 +155,25 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
                     pvc.metadata.name.clone().unwrap_or_default(),
                 );
                 claims_store
+                    .state()
+                    .into_iter()
+                    .filter(|v| {
+                        v.metadata.namespace.as_deref() == Some(ns.as_str())
+                            && vmi::uses_claim(v, &name)
+                    })
+                    .map(|v| ObjectRef::from_obj(&*v))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<DataVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |dv| {
+                let (ns, name) = (
+                    dv.metadata.namespace.clone().unwrap_or_default(),
+                    dv.metadata.name.clone().unwrap_or_default(),
+                );
+                dv_store
                     .state()
                     .into_iter()
                     .filter(|v| {
@@ -179,6 +201,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
     )
+    .owns(
+        Api::<DataVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
     .with_config(cfg)
     .run(vm::reconcile, vm::error_policy, ctx.clone())
     .for_each(|r| {
@@ -187,6 +213,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         }
         futures::future::ready(())
     });
+    let golden = crate::golden::run(client.clone(), ctx.clone(), cfg_golden);
     let ready = {
         let (m, store) = (metrics.clone(), vmi_store);
         async move {
@@ -212,6 +239,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     tokio::select! {
         _ = vmis => Ok(()),
         _ = vms => Ok(()),
+        _ = golden => Ok(()),
         _ = ready => Ok(()),
         _ = lost => {
             metrics.leader.set(0);

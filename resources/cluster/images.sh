@@ -107,7 +107,7 @@ coredns_image() {
 }
 
 # kiln_build: the release binaries Kiln's images pack, built once per call (cargo skips what is
-# up to date): kiln-vmm, kiln-launcher, kiln-controller, kubectl-kiln, and kiln-disk-copy linked
+# up to date): kiln-vmm, kiln-launcher, kiln-controller, kubectl-kiln, kiln-importer, and kiln-disk-copy linked
 # statically as kiln-disk-copy-static (it runs inside containerDisk images, which have no
 # libraries). Sets KILN_BIN to their folder and KILN_GUEST to the guest build's. Given
 # $KILN_BIN (a folder already holding them, as the test suite passes) nothing is built;
@@ -124,7 +124,7 @@ kiln_build() {
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
   log "building Kiln's release binaries"
   (cd "$root" && cargo build --release --quiet --bin kiln-vmm --bin kiln-launcher --bin kiln-controller \
-    --bin kubectl-kiln) >&2
+    --bin kubectl-kiln --bin kiln-importer) >&2
   "$root/resources/lib/static-disk-copy.sh" "$target" >&2
   KILN_BIN=$target/release
 }
@@ -190,6 +190,20 @@ kiln_controller_image() {
   with_libs "$KILN_BIN/kiln-controller" "$work"
   pack "$work" "kiln.local/kiln-controller:$(version_of "$KILN_BIN/kiln-controller")" \
     '["/usr/bin/kiln-controller"]' "$out"
+}
+
+# kiln_importer_image: kiln-importer, the one process of DataVolume importer and clone pods (runs
+# as user 107; everything it needs is in the image).
+kiln_importer_image() {
+  kiln_build
+  local out=$state/images/kiln-importer.tar work
+  work=$(mktemp -d)
+  mkdir -p "$work/usr/bin" "$work/tmp"
+  cp "$KILN_BIN/kiln-importer" "$work/usr/bin/"
+  strip "$work/usr/bin/kiln-importer"
+  with_libs "$KILN_BIN/kiln-importer" "$work"
+  pack "$work" "kiln.local/kiln-importer:$(version_of "$KILN_BIN/kiln-importer")" \
+    '["/usr/bin/kiln-importer"]' "$out"
 }
 
 # kiln_guest_disk_image: Kiln's guest root filesystem as a containerDisk (KubeVirt's layout: the

@@ -4,6 +4,7 @@
 pub mod api_client;
 pub mod boot_slots;
 pub mod guest_image;
+pub mod image_server;
 pub mod kube;
 pub mod netns;
 pub mod process;

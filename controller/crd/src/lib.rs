@@ -3,6 +3,7 @@
 //! (schema and CEL) that refuse what Kiln does not support, what a spec means for the machine
 //! and its pod, and the launch description the controller hands each launcher.
 
+pub mod cdi;
 pub mod conditions;
 pub mod domain;
 pub mod launch;
@@ -25,13 +26,26 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "kiln.dev";
 pub const VERSION: &str = "v1alpha1";
 
+/// Every CustomResourceDefinition Kiln serves.
+pub fn all_crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![
+        VirtualMachine::crd(),
+        VirtualMachineInstance::crd(),
+        cdi::DataVolume::crd(),
+        cdi::DataSource::crd(),
+        cdi::DataImportCron::crd(),
+    ]
+}
+
 /// The CustomResourceDefinitions as YAML documents, in the order `kubectl apply` wants them:
 /// what `resources/deploy/crds.yaml` holds (a test keeps the two the same).
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(
         "# Generated from controller/crd (kiln-controller crds); do not edit by hand.\n",
     );
-    for crd in [VirtualMachine::crd(), VirtualMachineInstance::crd()] {
+    for crd in all_crds() {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
@@ -68,14 +82,11 @@ mod tests {
             .skip(1)
             .map(|d| serde_yaml::from_str(d).unwrap())
             .collect();
-        assert_eq!(
-            docs[0],
-            serde_json::to_value(VirtualMachine::crd()).unwrap()
-        );
-        assert_eq!(
-            docs[1],
-            serde_json::to_value(VirtualMachineInstance::crd()).unwrap()
-        );
+        let crds = all_crds();
+        assert_eq!(docs.len(), crds.len());
+        for (doc, crd) in docs.iter().zip(crds) {
+            assert_eq!(*doc, serde_json::to_value(crd).unwrap());
+        }
     }
 
     #[test]

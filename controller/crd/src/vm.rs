@@ -7,8 +7,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::cdi::data_volume::DataVolumeTemplateSpec;
 use crate::conditions::Condition;
-use crate::rules::{any_object, any_object_list, refuse, rule};
+use crate::rules::{any_object, refuse, rule};
 use crate::vmi::VirtualMachineInstanceSpec;
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -34,7 +35,10 @@ use crate::vmi::VirtualMachineInstanceSpec;
     ),
     validation = refuse("instancetype", "instance types yet (spec.instancetype): set the template's domain.cpu and domain.memory"),
     validation = refuse("preference", "preferences yet (spec.preference)"),
-    validation = refuse("dataVolumeTemplates", "dataVolumeTemplates yet: create the PersistentVolumeClaim and use a persistentVolumeClaim volume"),
+    validation = rule(
+        "!has(self.dataVolumeTemplates) || self.dataVolumeTemplates.all(t, has(t.metadata) && has(t.metadata.name))",
+        "every dataVolumeTemplates[] entry needs metadata.name (the DataVolume and its claim)"
+    ),
     validation = refuse("updateVolumesStrategy", "updateVolumesStrategy (volume migration)"),
 )]
 pub struct VirtualMachineSpec {
@@ -51,9 +55,10 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub preference: Option<Value>,
+    /// DataVolumes the VM owns (created with it, deleted with it); its volumes use them by
+    /// name (`dataVolume.name`). A run starts once they all succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object_list")]
-    pub data_volume_templates: Option<Value>,
+    pub data_volume_templates: Option<Vec<DataVolumeTemplateSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_volumes_strategy: Option<String>,
 }

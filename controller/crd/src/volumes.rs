@@ -1,5 +1,5 @@
 //! `spec.volumes`: where each disk's data comes from, in KubeVirt's field names. Supported:
-//! containerDisk, persistentVolumeClaim, emptyDisk, cloudInitNoCloud; the other KubeVirt
+//! containerDisk, persistentVolumeClaim, dataVolume, emptyDisk, cloudInitNoCloud; the other KubeVirt
 //! sources are refused by name.
 
 use k8s_openapi::api::core::v1::LocalObjectReference;
@@ -20,9 +20,8 @@ pub const MAX_CLOUD_INIT_BYTES: usize = 768 * 1024;
 #[x_kube(
     validation = rule_expr(
         "[has(self.containerDisk), has(self.persistentVolumeClaim), has(self.emptyDisk), has(self.cloudInitNoCloud), has(self.dataVolume), has(self.hostDisk), has(self.cloudInitConfigDrive), has(self.sysprep), has(self.ephemeral), has(self.configMap), has(self.secret), has(self.downwardAPI), has(self.serviceAccount), has(self.downwardMetrics), has(self.memoryDump)].filter(x, x).size() == 1",
-        "'volume ' + self.name + ': give exactly one source (containerDisk, persistentVolumeClaim, emptyDisk or cloudInitNoCloud)'"
+        "'volume ' + self.name + ': give exactly one source (containerDisk, persistentVolumeClaim, dataVolume, emptyDisk or cloudInitNoCloud)'"
     ),
-    validation = refuse("dataVolume", "dataVolume volumes yet: use a persistentVolumeClaim"),
     validation = refuse("hostDisk", "hostDisk volumes: use a persistentVolumeClaim"),
     validation = refuse("cloudInitConfigDrive", "cloudInitConfigDrive: use cloudInitNoCloud"),
     validation = refuse("sysprep", "sysprep volumes (Kiln runs Linux guests)"),
@@ -46,8 +45,7 @@ pub struct Volume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init_no_cloud: Option<CloudInitNoCloudSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
-    pub data_volume: Option<Value>,
+    pub data_volume: Option<DataVolumeVolumeSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub host_disk: Option<Value>,
@@ -117,6 +115,18 @@ pub struct PersistentVolumeClaimSource {
     pub hotpluggable: Option<bool>,
 }
 
+/// A DataVolume's claim (the DataVolume of that name in the VMI's namespace, usually one of the
+/// VM's dataVolumeTemplates): the run waits until its import or clone succeeded.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = refuse_true("hotpluggable", "hotplugged volumes (dataVolume.hotpluggable)"))]
+pub struct DataVolumeVolumeSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotpluggable: Option<bool>,
+}
+
 /// A blank, sparse disk of `capacity` that lives as long as the VMI.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -164,12 +174,23 @@ pub struct CloudInitNoCloudSource {
 }
 
 impl Volume {
+    /// The claim this volume's disk lives on: a persistentVolumeClaim's, or a dataVolume's
+    /// (the DataVolume's claim has its name).
+    pub fn claim_name(&self) -> Option<&str> {
+        self.persistent_volume_claim
+            .as_ref()
+            .map(|p| p.claim_name.as_str())
+            .or_else(|| self.data_volume.as_ref().map(|d| d.name.as_str()))
+    }
+
     /// The kind of source, for messages and status.
     pub fn kind(&self) -> &'static str {
         if self.container_disk.is_some() {
             "containerDisk"
         } else if self.persistent_volume_claim.is_some() {
             "persistentVolumeClaim"
+        } else if self.data_volume.is_some() {
+            "dataVolume"
         } else if self.empty_disk.is_some() {
             "emptyDisk"
         } else if self.cloud_init_no_cloud.is_some() {

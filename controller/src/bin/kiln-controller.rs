@@ -27,6 +27,19 @@ struct Cli {
         default_value = "IfNotPresent"
     )]
     launcher_pull_policy: String,
+    /// The importer image of DataVolumes.
+    #[arg(long, env = "KILN_IMPORTER_IMAGE", default_value = concat!("kiln.local/kiln-importer:", env!("CARGO_PKG_VERSION")))]
+    importer_image: String,
+    #[arg(
+        long,
+        env = "KILN_IMPORTER_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    importer_pull_policy: String,
+    /// Registries reached over plain http (host:port), comma-separated, as CDI's
+    /// insecureRegistries: DataVolume imports and DataImportCron digests.
+    #[arg(long, env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -62,6 +75,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // The registry client's TLS (reqwest without a built-in provider): ring, as kube's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -78,6 +93,9 @@ fn main() -> ExitCode {
         images: Images {
             launcher: cli.launcher_image,
             launcher_pull_policy: cli.launcher_pull_policy,
+            importer: cli.importer_image,
+            importer_pull_policy: cli.importer_pull_policy,
+            insecure_registries: cli.insecure_registries,
         },
         metrics_addr: cli.metrics_addr,
         leader_election: !cli.no_leader_election,

@@ -2,6 +2,7 @@
 //! VM and owned by it), start/stop requests are acted on and removed in order, failed runs
 //! back off (CrashLoopBackOff), and the status says where the VM is, as KubeVirt's does.
 
+pub mod datavolumes;
 pub mod plan;
 pub mod status;
 
@@ -140,6 +141,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     }
 
+    let provisioning = datavolumes::ensure(vm, ctx).await?;
     let old = vm.status.clone().unwrap_or_default();
     let strategy = vm.spec.strategy();
     let requests = old.state_change_requests.clone();
@@ -194,6 +196,8 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
                 delete_vmi(ctx, vm, &vmis, v).await?;
             }
         }
+        // The run waits for its DataVolumes (each one's change wakes the VM).
+        Act::Start if provisioning.waiting.is_some() => {}
         Act::Start => match vmis
             .create(&PostParams::default(), &vmi_from_template(vm))
             .await
@@ -235,6 +239,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action> {
     )
     .await?;
     facts.claims_pending = claims_pending(vm, ctx, vmi.as_ref()).await;
+    facts.provisioning = provisioning.waiting.clone();
 
     let mut new = status::compute(vm, vmi.as_ref(), &facts, &Time(now));
     new.start_failure = start_failure;

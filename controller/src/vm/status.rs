@@ -15,6 +15,8 @@ pub struct Facts {
     pub stop_expected: bool,
     /// Some claim of the template is Pending.
     pub claims_pending: bool,
+    /// The VM's DataVolumes are not all ready: the printable status and why.
+    pub provisioning: Option<(&'static str, String)>,
     /// The VM's own error (a VMI that could not be created), as Failure=True.
     pub failure: Option<(String, String)>,
 }
@@ -58,6 +60,12 @@ pub fn printable(
         "Paused"
     } else if phase == Some(VmiPhase::Running) {
         "Running"
+    } else if let Some((state, _)) = facts
+        .provisioning
+        .as_ref()
+        .filter(|_| vmi.is_none() && facts.start_expected)
+    {
+        state
     } else if sync.as_deref() == Some("FailedPvcNotFound") {
         "ErrorPvcNotFound"
     } else if unschedulable {

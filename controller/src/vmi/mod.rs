@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
+use kiln_crd::cdi::DataVolume;
 use kiln_crd::launch::{LAUNCH_FILE, TOKEN_FILE};
 use kiln_crd::names::*;
 use kiln_crd::quantity::parse_bytes;
@@ -275,11 +276,43 @@ async fn resolve_claims(
     let ns = vmi.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let mut claims = HashMap::new();
+    let dvs: Api<DataVolume> = Api::namespaced(ctx.client.clone(), &ns);
     for v in &vmi.spec.volumes {
-        let Some(src) = &v.persistent_volume_claim else {
+        let Some(claim) = v.claim_name() else {
             continue;
         };
-        let claim = &src.claim_name;
+        if v.data_volume.is_some() {
+            match dvs.get_opt(claim).await {
+                Ok(Some(dv)) if dv.succeeded() => {}
+                Ok(Some(dv)) => {
+                    let phase = dv
+                        .status
+                        .and_then(|s| s.phase)
+                        .map_or("Pending", |p| p.as_str());
+                    return Err(SyncProblem {
+                        reason: "DataVolumeNotReady".into(),
+                        message: format!(
+                            "DataVolume {ns}/{claim} is {phase}, waiting for it to succeed"
+                        ),
+                    });
+                }
+                Ok(None) => {
+                    return Err(SyncProblem {
+                        reason: "FailedDataVolumeNotFound".into(),
+                        message: format!(
+                            "DataVolume {ns}/{claim} does not exist, waiting for it to appear"
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(SyncProblem {
+                        reason: "FailedCreate".into(),
+                        message: format!("reading DataVolume {ns}/{claim}: {e}"),
+                    })
+                }
+            }
+        }
+        let claim = &claim.to_string();
         let pvc = match api.get_opt(claim).await {
             Ok(Some(p)) => p,
             Ok(None) => {
@@ -399,9 +432,9 @@ async fn finish_deletion(
 /// Whether `vmi` is not final and uses `claim` (for the PVC
 /// watch: a claim that appears or binds wakes the VMIs waiting for it).
 pub fn uses_claim(vmi: &VirtualMachineInstance, claim: &str) -> bool {
-    vmi.spec.volumes.iter().any(|v| {
-        v.persistent_volume_claim
-            .as_ref()
-            .is_some_and(|p| p.claim_name == claim)
-    }) && !vmi.status.as_ref().is_some_and(|s| s.phase.is_final())
+    vmi.spec
+        .volumes
+        .iter()
+        .any(|v| v.claim_name() == Some(claim))
+        && !vmi.status.as_ref().is_some_and(|s| s.phase.is_final())
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, ResourceRequirements,
-    SecretVolumeSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SecretVolumeSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -69,6 +69,11 @@ pub enum RenderError {
 pub struct Images {
     pub launcher: String,
     pub launcher_pull_policy: String,
+    /// The importer of DataVolumes (kiln-importer).
+    pub importer: String,
+    pub importer_pull_policy: String,
+    /// Registries the importer and the DataImportCrons reach over plain http (host:port).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The pod and the launch description of `vmi`.
@@ -153,15 +158,19 @@ pub fn render(
                 )],
             });
             DiskImage::File { path }
-        } else if let Some(pvc) = &v.persistent_volume_claim {
+        } else if let Some(claim_name) = v.claim_name() {
             let info = claims
-                .get(&pvc.claim_name)
-                .ok_or_else(|| RenderError::UnknownClaim(v.name.clone(), pvc.claim_name.clone()))?;
-            let claim_read_only = pvc.read_only.unwrap_or(false);
+                .get(claim_name)
+                .ok_or_else(|| RenderError::UnknownClaim(v.name.clone(), claim_name.to_string()))?;
+            let claim_read_only = v
+                .persistent_volume_claim
+                .as_ref()
+                .and_then(|p| p.read_only)
+                .unwrap_or(false);
             volumes.push(Volume {
                 name: pod_volume.clone(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: pvc.claim_name.clone(),
+                    claim_name: claim_name.to_string(),
                     read_only: Some(claim_read_only),
                 }),
                 ..Default::default()
@@ -480,6 +489,11 @@ pub fn render(
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(LAUNCHER_SERVICE_ACCOUNT.into()),
+            // Disks a DataVolume's importer wrote are its user's (107, mode 0660).
+            security_context: Some(PodSecurityContext {
+                supplemental_groups: Some(vec![crate::datavolume::pod::IMPORTER_UID]),
+                ..Default::default()
+            }),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(grace + GRACE_PADDING_SECONDS),

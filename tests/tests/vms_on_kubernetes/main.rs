@@ -4,11 +4,13 @@
 //! own examples); kiln-tiny, which boots in milliseconds, for the control plane's paths
 //! (run strategies, reboots, kills, deleted pods, pause, start/stop/restart, the controller
 //! killed mid-reconcile) and the pod network's probes. Networking (issue 12) with real traffic
-//! between guests, pods and Services. The parts run side by side in their own namespaces, at
-//! most a few Linux guests booting at once.
+//! between guests, pods and Services. Golden images (issue 13): DataImportCrons, DataSources and
+//! DataVolumes against the cluster's registry and an http server. The parts run side by side in
+//! their own namespaces, at most a few Linux guests booting at once.
 
 mod chaos;
 mod examples;
+mod golden_images;
 mod lifecycle;
 mod network;
 mod security;
@@ -131,7 +133,7 @@ fn virtual_machines_on_kubernetes() {
     let c = Cluster::up("kiln-vms");
     install(&c);
     type Part = fn(&Cluster);
-    let parts: [(&str, Part); 10] = [
+    let parts: [(&str, Part); 11] = [
         ("refused", security::refused_specs),
         ("security", security::only_the_controller_reaches_a_launcher),
         ("run-strategies", lifecycle::run_strategies),
@@ -142,6 +144,7 @@ fn virtual_machines_on_kubernetes() {
         ("network", network::pod_network),
         ("liveness", network::failing_liveness_restarts),
         ("bridge", network::bridge_binding),
+        ("golden-images", golden_images::golden_images),
     ];
     // All parts at once; their Linux guests take boot slots (Cluster::boots), so that a
     // few boot at a time instead of fifteen on two emulating cores.

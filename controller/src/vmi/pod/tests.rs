@@ -6,6 +6,9 @@ fn images() -> Images {
     Images {
         launcher: "kiln.local/kiln-launcher:0.1.0".into(),
         launcher_pull_policy: "IfNotPresent".into(),
+        importer: "kiln.local/kiln-importer:0.1.0".into(),
+        importer_pull_policy: "IfNotPresent".into(),
+        insecure_registries: vec![],
     }
 }
 

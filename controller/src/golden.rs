@@ -1,0 +1,141 @@
+//! The golden-image controllers side by side: DataVolumes (owning their claims and importer
+//! pods, woken by the DataSources and DataVolumes they wait for), DataSources (woken by their
+//! claims and DataVolumes) and DataImportCrons (woken by their imports).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kiln_crd::cdi::{DataImportCron, DataSource, DataVolume};
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use tracing::warn;
+
+use crate::context::Context;
+use crate::datavolume::pod::{COMPONENT_LABEL, DATA_VOLUME_LABEL, IMPORTER_COMPONENT};
+use crate::{dataimportcron, datasource, datavolume};
+
+/// DataVolumes in `ns` waiting on DataSource `name` (sourceRef).
+fn waiting_on_source(dvs: &Store<DataVolume>, ns: &str, name: &str) -> Vec<ObjectRef<DataVolume>> {
+    dvs.state()
+        .into_iter()
+        .filter(|d| {
+            d.spec.source_ref.as_ref().is_some_and(|r| {
+                r.name == name
+                    && r.namespace.as_deref().or(d.metadata.namespace.as_deref()) == Some(ns)
+            }) && !d.succeeded()
+        })
+        .map(|d| ObjectRef::from_obj(&*d))
+        .collect()
+}
+
+/// DataVolumes cloning claim `ns`/`name` (source.pvc) that are not done.
+fn cloning(dvs: &Store<DataVolume>, ns: &str, name: &str) -> Vec<ObjectRef<DataVolume>> {
+    dvs.state()
+        .into_iter()
+        .filter(|d| {
+            d.spec
+                .source
+                .as_ref()
+                .and_then(|s| s.pvc.as_ref())
+                .is_some_and(|p| {
+                    p.name == name
+                        && p.namespace.as_deref().or(d.metadata.namespace.as_deref()) == Some(ns)
+                })
+                && !d.succeeded()
+        })
+        .map(|d| ObjectRef::from_obj(&*d))
+        .collect()
+}
+
+fn sources_at(store: &Store<DataSource>, ns: &str, claim: &str) -> Vec<ObjectRef<DataSource>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|d| datasource::points_at(d, ns, claim))
+        .map(|d| ObjectRef::from_obj(&*d))
+        .collect()
+}
+
+pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
+    let importer_pods =
+        watcher::Config::default().labels(&format!("{COMPONENT_LABEL}={IMPORTER_COMPONENT}"));
+    let dv_claims = watcher::Config::default().labels(DATA_VOLUME_LABEL);
+    let dv_controller = Controller::new(
+        Api::<DataVolume>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let dv_store = dv_controller.store();
+    let (s1, s2) = (dv_store.clone(), dv_store.clone());
+    let dvs = dv_controller
+        .owns(Api::<Pod>::all(client.clone()), importer_pods)
+        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), dv_claims)
+        .watches(
+            Api::<DataSource>::all(client.clone()),
+            watcher::Config::default(),
+            move |ds| waiting_on_source(&s1, &ds.namespace().unwrap_or_default(), &ds.name_any()),
+        )
+        .watches(
+            Api::<DataVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |dv| cloning(&s2, &dv.namespace().unwrap_or_default(), &dv.name_any()),
+        )
+        .with_config(cfg.clone())
+        .run(datavolume::reconcile, datavolume::error_policy, ctx.clone())
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!("DataVolume controller: {e}");
+            }
+            futures::future::ready(())
+        });
+
+    let ds_controller = Controller::new(
+        Api::<DataSource>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let ds_store = ds_controller.store();
+    let (d1, d2) = (ds_store.clone(), ds_store);
+    let sources = ds_controller
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+            move |pvc| sources_at(&d1, &pvc.namespace().unwrap_or_default(), &pvc.name_any()),
+        )
+        .watches(
+            Api::<DataVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |dv| sources_at(&d2, &dv.namespace().unwrap_or_default(), &dv.name_any()),
+        )
+        .with_config(cfg.clone())
+        .run(datasource::reconcile, datasource::error_policy, ctx.clone())
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!("DataSource controller: {e}");
+            }
+            futures::future::ready(())
+        });
+
+    let imports = watcher::Config::default().labels(dataimportcron::CRON_LABEL);
+    let crons = Controller::new(
+        Api::<DataImportCron>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(Api::<DataVolume>::all(client.clone()), imports, |dv| {
+        let ns = dv.namespace().unwrap_or_default();
+        dv.labels()
+            .get(dataimportcron::CRON_LABEL)
+            .map(|cron| ObjectRef::<DataImportCron>::new(cron).within(&ns))
+    })
+    .with_config(cfg)
+    .run(dataimportcron::reconcile, dataimportcron::error_policy, ctx)
+    .for_each(|r| {
+        if let Err(e) = r {
+            warn!("DataImportCron controller: {e}");
+        }
+        futures::future::ready(())
+    });
+    tokio::join!(dvs, sources, crons);
+}

@@ -1,0 +1,551 @@
+//! Golden images (issue 13) with real parts: versions of Kiln's guest pushed to the cluster's
+//! registry as containerDisks, a DataImportCron importing each new digest on its schedule, the
+//! DataSource moving only to complete imports, VMs cloning it through dataVolumeTemplates (a new
+//! VM boots the new version, a running one keeps its disk), keep-N collection, a registry outage,
+//! a tampered blob, and http imports (qcow2 converted, a checksum mismatch, progress).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kiln_tests::guest_dir;
+use kiln_tests::image_server::{ImageServer, Served};
+use kiln_tests::kube::{ok, Cluster};
+
+use super::BOOT;
+
+const NS: &str = "golden";
+/// The registry as the host pushes to it, and as pods pull from it.
+const PUSH: &str = "127.0.0.1:5000";
+const PULL: &str = "kiln-registry.kube-system.svc:5000";
+/// An import of the 64 MiB guest, or a failure, to show in the status.
+const IMPORT: Duration = Duration::from_secs(240);
+
+/// Pushes Kiln's guest root filesystem carrying `/etc/kiln-image-version` = `version` to
+/// `repo:latest` as a containerDisk (one uncompressed layer, the disk under /disk/).
+fn push_guest(c: &Cluster, repo: &str, version: &str) {
+    let work = c
+        .dir
+        .join(format!("image-{}-{version}", repo.replace('/', "-")));
+    std::fs::create_dir_all(work.join("disk")).unwrap();
+    let disk = work.join("disk/rootfs.img");
+    std::fs::copy(guest_dir().join("rootfs.ext4"), &disk).unwrap();
+    std::fs::write(work.join("version"), format!("{version}\n")).unwrap();
+    let run = |cmd: &mut Command, what: &str| ok(&cmd.output().unwrap(), what);
+    run(
+        Command::new("debugfs").args([
+            "-w",
+            "-R",
+            &format!(
+                "write {} /etc/kiln-image-version",
+                work.join("version").display()
+            ),
+            &disk.display().to_string(),
+        ]),
+        "debugfs write",
+    );
+    let layer = work.join("layer.tar");
+    run(
+        Command::new("tar").args([
+            "--sort=name",
+            "-C",
+            &work.display().to_string(),
+            "-cf",
+            &layer.display().to_string(),
+            "disk",
+        ]),
+        "tar",
+    );
+    let archive = work.join("image.tar");
+    run(
+        Command::new(kiln_tests::workspace_root().join("resources/cluster/oci-image.sh")).args([
+            &layer.display().to_string(),
+            &format!("kiln.local/{repo}:latest"),
+            "[\"/bin/false\"]",
+            &archive.display().to_string(),
+        ]),
+        "oci-image.sh",
+    );
+    run(
+        Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{PUSH}/{repo}:latest"),
+        ]),
+        "skopeo copy",
+    );
+}
+
+fn cron(keep: u32) -> String {
+    format!(
+        r#"apiVersion: cdi.kiln.dev/v1beta1
+kind: DataImportCron
+metadata: {{name: golden-guest}}
+spec:
+  schedule: "* * * * *"
+  importsToKeep: {keep}
+  managedDataSource: golden-guest
+  template:
+    spec:
+      source: {{registry: {{url: "docker://{PULL}/golden/kiln-guest:latest"}}}}
+      storage: {{resources: {{requests: {{storage: 128Mi}}}}}}
+"#
+    )
+}
+
+/// A VM whose root disk is its own clone of DataSource golden-guest; it prints the version.
+fn vm(name: &str) -> String {
+    format!(
+        r#"apiVersion: kiln.dev/v1alpha1
+kind: VirtualMachine
+metadata: {{name: {name}}}
+spec:
+  runStrategy: Always
+  dataVolumeTemplates:
+  - metadata: {{name: {name}-root}}
+    spec:
+      sourceRef: {{kind: DataSource, name: golden-guest}}
+      storage: {{resources: {{requests: {{storage: 256Mi}}}}}}
+  template:
+    spec:
+      domain:
+        memory: {{guest: 128Mi}}
+        resources: {{requests: {{cpu: 100m}}}}
+        devices:
+          disks:
+          - {{name: root, disk: {{bus: virtio}}}}
+          - {{name: cloudinit, disk: {{bus: virtio}}}}
+      terminationGracePeriodSeconds: 5
+      volumes:
+      - {{name: root, dataVolume: {{name: {name}-root}}}}
+      - name: cloudinit
+        cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+            echo "KILN_IMAGE_VERSION=$(cat /etc/kiln-image-version) on $(cat /proc/partitions | grep -c vd) disks"
+"#
+    )
+}
+
+fn source_claim(c: &Cluster) -> String {
+    c.field(NS, "datasource/golden-guest", "{.spec.source.pvc.name}")
+}
+
+fn imports(c: &Cluster) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .kubectl(&[
+            "get",
+            "dv",
+            "-n",
+            NS,
+            "-l",
+            "cdi.kiln.dev/dataImportCron=golden-guest",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits for the DataSource to be Ready on a claim other than `old`; the claim.
+fn wait_source_moves(c: &Cluster, old: &str, limit: Duration) -> String {
+    c.wait(
+        &format!("DataSource golden-guest moves off {old:?}"),
+        limit,
+        || {
+            let claim = source_claim(c);
+            let ready = c.field(
+                NS,
+                "datasource/golden-guest",
+                "{.status.conditions[?(@.type=='Ready')].status}",
+            );
+            (!claim.is_empty() && claim != old && ready == "True").then_some(claim)
+        },
+    )
+}
+
+fn trigger(c: &Cluster) {
+    c.kubectl(&[
+        "annotate",
+        "-n",
+        NS,
+        "dataimportcron/golden-guest",
+        "cdi.kiln.dev/trigger-import=now",
+        "--overwrite",
+    ]);
+}
+
+fn wait_boot_version(c: &Cluster, vm: &str, version: &str) {
+    let _slot = c.boots.take(1);
+    c.wait_field(
+        NS,
+        &format!("vm/{vm}"),
+        "{.status.printableStatus}",
+        "Running",
+        BOOT,
+    );
+    c.wait_console(NS, vm, &format!("KILN_IMAGE_VERSION={version} on"), BOOT);
+}
+
+/// A pod that mounts claim `claim` at /data and runs `script`; its log.
+fn inspect_claim(c: &Cluster, name: &str, claim: &str, script: &str) -> String {
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: kiln.local/busybox:dev
+    imagePullPolicy: IfNotPresent
+    command: ["/bin/sh", "-c", {script:?}]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]
+"#
+    );
+    c.apply(NS, &pod);
+    c.wait(&format!("pod {name} ends"), BOOT, || {
+        let phase = c.field(NS, &format!("pod/{name}"), "{.status.phase}");
+        (phase == "Succeeded" || phase == "Failed").then_some(())
+    });
+    c.kubectl(&["logs", "-n", NS, name])
+}
+
+fn dv_phase(c: &Cluster, dv: &str) -> String {
+    c.field(NS, &format!("dv/{dv}"), "{.status.phase}")
+}
+
+fn ready_message(c: &Cluster, dv: &str) -> String {
+    c.field(
+        NS,
+        &format!("dv/{dv}"),
+        "{.status.conditions[?(@.type=='Ready')].message}",
+    )
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = ok(
+        &Command::new("sha256sum").arg(path).output().unwrap(),
+        "sha256sum",
+    );
+    out.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn golden_images(c: &Cluster) {
+    c.namespace(NS);
+    push_guest(c, "golden/kiln-guest", "1");
+    c.apply(NS, &cron(2));
+    // The first run imports at once; the DataSource appears once that import succeeded.
+    let first = wait_source_moves(c, "", IMPORT);
+    assert_eq!(imports(c), std::slice::from_ref(&first));
+    assert_eq!(dv_phase(c, &first), "Succeeded");
+    let digest1 = c.field(NS, &format!("dv/{first}"), "{.status.sourceDigest}");
+    assert!(digest1.starts_with("sha256:"), "{digest1}");
+    assert!(
+        first.starts_with(&format!("golden-guest-{}", &digest1[7..19])),
+        "{first}"
+    );
+    c.wait_field(
+        NS,
+        "dataimportcron/golden-guest",
+        "{.status.conditions[?(@.type=='UpToDate')].status}",
+        "True",
+        IMPORT,
+    );
+
+    c.apply(NS, &vm("gold-a"));
+    wait_boot_version(c, "gold-a", "1");
+    let a_run = c.field(NS, "vmi/gold-a", "{.metadata.uid}");
+
+    // A new digest under the same tag: the every-minute schedule imports it, then the
+    // DataSource moves; VMs created afterwards boot it.
+    push_guest(c, "golden/kiln-guest", "2");
+    let second = wait_source_moves(c, &first, Duration::from_secs(150) + IMPORT);
+    assert_eq!(
+        c.field(
+            NS,
+            "dataimportcron/golden-guest",
+            "{.status.lastImportedPVC.name}"
+        ),
+        second
+    );
+    c.apply(NS, &vm("gold-b"));
+    wait_boot_version(c, "gold-b", "2");
+    // gold-a runs on as it was: the same run, its own clone of version 1.
+    assert_eq!(c.field(NS, "vmi/gold-a", "{.metadata.uid}"), a_run);
+    assert_eq!(c.field(NS, "vmi/gold-a", "{.status.phase}"), "Running");
+    assert!(c.console(NS, "gold-a").contains("KILN_IMAGE_VERSION=1 on"));
+
+    // A third version, imported now (the trigger annotation): importsToKeep 2 removes the first.
+    push_guest(c, "golden/kiln-guest", "3");
+    trigger(c);
+    let third = wait_source_moves(c, &second, IMPORT);
+    c.wait("the oldest import collected", IMPORT, || {
+        (imports(c) == {
+            let mut v = vec![second.clone(), third.clone()];
+            v.sort();
+            v
+        })
+        .then_some(())
+    });
+    assert_eq!(
+        dv_phase(c, "gold-a-root"),
+        "Succeeded",
+        "a VM's clone stays"
+    );
+    assert_eq!(c.field(NS, "vmi/gold-a", "{.metadata.uid}"), a_run);
+
+    // An unchanged digest imports nothing.
+    let last_run = c.field(
+        NS,
+        "dataimportcron/golden-guest",
+        "{.status.lastExecutionTimestamp}",
+    );
+    trigger(c);
+    c.wait("the run with an unchanged digest", IMPORT, || {
+        let t = c.field(
+            NS,
+            "dataimportcron/golden-guest",
+            "{.status.lastExecutionTimestamp}",
+        );
+        let annotated = c.field(
+            NS,
+            "dataimportcron/golden-guest",
+            "{.metadata.annotations.cdi\\.kiln\\.dev/trigger-import}",
+        );
+        (t != last_run && annotated.is_empty()).then_some(())
+    });
+    assert_eq!(imports(c).len(), 2);
+    assert_eq!(source_claim(c), third);
+
+    registry_outage(c, &third);
+    tampered_blob(c);
+    http_imports(c);
+}
+
+/// The registry stops: the cron reports it and backs off, an import retries with back-off, the
+/// DataSource stays usable; once the registry is back both recover.
+fn registry_outage(c: &Cluster, current: &str) {
+    ok(&c.script(&["registry", "stop"]), "registry stop");
+    trigger(c);
+    c.wait_field(
+        NS,
+        "dataimportcron/golden-guest",
+        "{.status.conditions[?(@.type=='Progressing')].reason}",
+        "RegistryUnavailable",
+        IMPORT,
+    );
+    c.apply(
+        NS,
+        &format!(
+            r#"apiVersion: cdi.kiln.dev/v1beta1
+kind: DataVolume
+metadata: {{name: during-outage}}
+spec:
+  source: {{registry: {{url: "docker://{PULL}/golden/kiln-guest:latest"}}}}
+  storage: {{resources: {{requests: {{storage: 128Mi}}}}}}
+"#
+        ),
+    );
+    c.wait("the import during the outage retried", IMPORT, || {
+        let restarts = c.field(NS, "dv/during-outage", "{.status.restartCount}");
+        (restarts.parse::<u32>().unwrap_or(0) >= 1).then_some(())
+    });
+    assert_eq!(dv_phase(c, "during-outage"), "ImportInProgress");
+    let why = c.field(
+        NS,
+        "dv/during-outage",
+        "{.status.conditions[?(@.type=='Running')].message}",
+    );
+    assert!(why.contains(PULL), "the Running condition says why: {why}");
+    assert_eq!(
+        source_claim(c),
+        current,
+        "the DataSource stays on the last import"
+    );
+    assert_eq!(
+        c.field(
+            NS,
+            "datasource/golden-guest",
+            "{.status.conditions[?(@.type=='Ready')].status}"
+        ),
+        "True"
+    );
+    ok(&c.script(&["registry", "start"]), "registry start");
+    c.wait_field(
+        NS,
+        "dv/during-outage",
+        "{.status.phase}",
+        "Succeeded",
+        IMPORT,
+    );
+    trigger(c);
+    c.wait_field(
+        NS,
+        "dataimportcron/golden-guest",
+        "{.status.conditions[?(@.type=='UpToDate')].status}",
+        "True",
+        IMPORT,
+    );
+    assert_eq!(
+        c.field(
+            NS,
+            "dataimportcron/golden-guest",
+            "{.status.conditions[?(@.type=='Progressing')].reason}"
+        ),
+        "NoImport"
+    );
+}
+
+/// A blob whose bytes no longer match its digest: the import fails, for good.
+fn tampered_blob(c: &Cluster) {
+    push_guest(c, "golden/tampered", "t");
+    let manifest = ok(
+        &Command::new("curl")
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+                &format!("http://{PUSH}/v2/golden/tampered/manifests/latest"),
+            ])
+            .output()
+            .unwrap(),
+        "the tampered image's manifest",
+    );
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let layer = m["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = c.dir.join(format!(
+        "registry/docker/registry/v2/blobs/sha256/{}/{layer}/data",
+        &layer[..2]
+    ));
+    let mut bytes = std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()));
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    c.apply(
+        NS,
+        &format!(
+            r#"apiVersion: cdi.kiln.dev/v1beta1
+kind: DataVolume
+metadata: {{name: tampered}}
+spec:
+  source: {{registry: {{url: "docker://{PULL}/golden/tampered:latest"}}}}
+  storage: {{resources: {{requests: {{storage: 128Mi}}}}}}
+"#
+        ),
+    );
+    c.wait_field(NS, "dv/tampered", "{.status.phase}", "Failed", IMPORT);
+    let why = ready_message(c, "tampered");
+    assert!(why.to_lowercase().contains("digest"), "{why}");
+    assert_eq!(c.field(NS, "dv/tampered", "{.status.restartCount}"), "0");
+}
+
+/// http: a qcow2 image arrives raw and extended to the claim; a wrong checksum fails and leaves
+/// no disk; a slow transfer shows its progress.
+fn http_imports(c: &Cluster) {
+    let fixtures = kiln_tests::workspace_root().join("controller/importer/tests/data");
+    let qcow2 = std::fs::read(fixtures.join("pattern.qcow2")).unwrap();
+    let qcow2_sum = sha256_of(&fixtures.join("pattern.qcow2"));
+    let big: Vec<u8> = (0..160u32 << 20).map(|i| (i % 251) as u8).collect();
+    let files = HashMap::from([
+        (
+            "pattern.qcow2".to_string(),
+            Served {
+                bytes: qcow2,
+                rate: None,
+            },
+        ),
+        (
+            "slow.img".to_string(),
+            Served {
+                bytes: big,
+                rate: Some(8 << 20),
+            },
+        ),
+    ]);
+    let server = ImageServer::start(files);
+    let node_ip = c.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.addresses[?(@.type=='InternalIP')].address}",
+    ]);
+    let base = format!("http://{}:{}", node_ip.trim(), server.port);
+    let dv = |name: &str, file: &str, checksum: &str, size: &str| {
+        format!(
+            r#"apiVersion: cdi.kiln.dev/v1beta1
+kind: DataVolume
+metadata: {{name: {name}}}
+spec:
+  source: {{http: {{url: "{base}/{file}"{checksum}}}}}
+  storage: {{resources: {{requests: {{storage: {size}}}}}}}
+"#
+        )
+    };
+    c.apply(
+        NS,
+        &dv(
+            "from-qcow2",
+            "pattern.qcow2",
+            &format!(", checksum: \"sha256:{qcow2_sum}\""),
+            "64Mi",
+        ),
+    );
+    c.apply(
+        NS,
+        &dv(
+            "bad-checksum",
+            "pattern.qcow2",
+            &format!(", checksum: \"sha256:{}\"", "0".repeat(64)),
+            "64Mi",
+        ),
+    );
+    c.apply(NS, &dv("slow", "slow.img", "", "256Mi"));
+    // Progress while the 160 MiB arrive at 8 MiB/s.
+    let seen = c.wait("a progress between 0% and 100%", IMPORT, || {
+        let p = c.field(NS, "dv/slow", "{.status.progress}");
+        let v: f64 = p.trim_end_matches('%').parse().unwrap_or(0.0);
+        (v > 0.0 && v < 100.0).then_some(p)
+    });
+    eprintln!("golden-images: dv/slow progress {seen}");
+    c.wait_field(NS, "dv/from-qcow2", "{.status.phase}", "Succeeded", IMPORT);
+    // The raw disk: the pattern's 4 MiB (sha256 of tests/data's raw image), then zeros up to
+    // the claim minus the filesystem overhead.
+    let log = inspect_claim(
+        c,
+        "inspect-qcow2",
+        "from-qcow2",
+        "stat -c %s /data/disk.img; head -c 4194304 /data/disk.img | sha256sum",
+    );
+    let capacity = (64u64 << 20) - (64u64 << 20) * 55 / 1000;
+    assert!(log.contains(&capacity.to_string()), "{log}");
+    assert!(
+        log.contains("0a859c323abf86945f8a3c6deeadb18562b15caef0ef59a7ff8f7c66f10206e2"),
+        "{log}"
+    );
+    c.wait_field(NS, "dv/bad-checksum", "{.status.phase}", "Failed", IMPORT);
+    let why = ready_message(c, "bad-checksum");
+    assert!(why.contains("checksum mismatch"), "{why}");
+    let left = inspect_claim(c, "inspect-bad", "bad-checksum", "ls -a /data");
+    assert!(
+        !left.contains("disk.img"),
+        "a failed import leaves no disk: {left}"
+    );
+    c.wait_field(NS, "dv/slow", "{.status.phase}", "Succeeded", IMPORT);
+    assert_eq!(c.field(NS, "dv/slow", "{.status.progress}"), "100.0%");
+    drop(server);
+}
