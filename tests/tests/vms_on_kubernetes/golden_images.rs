@@ -241,8 +241,107 @@ fn sha256_of(path: &Path) -> String {
         .to_string()
 }
 
+/// CDI manifests with what Kiln lacks are refused at admission, naming it.
+fn refused(c: &Cluster) {
+    let dv = |source: &str, extra: &str| {
+        format!(
+            "apiVersion: cdi.kiln.dev/v1beta1\nkind: DataVolume\nmetadata: {{name: refused}}\nspec:\n  source: {source}\n{extra}"
+        )
+    };
+    let storage = "  storage: {resources: {requests: {storage: 1Gi}}}\n";
+    let cases = [
+        (dv("{s3: {url: 'https://bucket/x'}}", storage), "Kiln does not support s3 sources"),
+        (
+            dv("{blank: {}}", &format!("{storage}  contentType: archive\n")),
+            "Kiln supports only contentType kubevirt",
+        ),
+        (
+            dv("{registry: {url: 'docker://r/x', pullMethod: node}}", storage),
+            "Kiln supports only registry.pullMethod pod",
+        ),
+        (dv("{blank: {}}", ""), "give the DataVolume exactly one of storage and pvc"),
+        (
+            dv("{http: {url: 'http://x/y', checksum: 'md5:00'}}", storage),
+            "http.checksum is sha256:",
+        ),
+        (
+            "apiVersion: cdi.kiln.dev/v1beta1\nkind: DataImportCron\nmetadata: {name: refused}\nspec:\n  schedule: '0 * * * *'\n  managedDataSource: x\n  template: {spec: {source: {http: {url: 'http://x/y'}}, storage: {}}}\n".to_string(),
+            "Kiln's DataImportCrons import from a registry",
+        ),
+        (
+            "apiVersion: cdi.kiln.dev/v1beta1\nkind: DataSource\nmetadata: {name: refused}\nspec: {source: {snapshot: {name: s}}}\n".to_string(),
+            "Kiln does not support snapshot DataSources yet",
+        ),
+    ];
+    for (yaml, message) in cases {
+        let out = c.run(
+            &["apply", "--dry-run=server", "-n", NS, "-f", "-"],
+            Some(&yaml),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{yaml}");
+        assert!(err.contains(message), "want {message:?} in:\n{err}");
+    }
+}
+
+/// resources/examples/golden-images: all admitted; the cron imports Kiln's guest and the VM's
+/// dataVolumeTemplate clones it (the VM kept Halted: its boot proves nothing the VMs below do not).
+fn examples(c: &Cluster) {
+    let ns = c.namespace("golden-example");
+    let dir = kiln_tests::workspace_root().join("resources/examples/golden-images");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "dv-http-qcow2.yaml",
+            "kiln-guest-cron.yaml",
+            "vm-from-datasource.yaml"
+        ]
+    );
+    for f in &files {
+        ok(
+            &c.run(
+                &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+                Some(&read(f)),
+            ),
+            f,
+        );
+    }
+    c.apply(&ns, &read("kiln-guest-cron.yaml"));
+    c.apply(
+        &ns,
+        &read("vm-from-datasource.yaml").replace("runStrategy: Always", "runStrategy: Halted"),
+    );
+    c.wait_field(
+        &ns,
+        "datasource/kiln-guest",
+        "{.status.conditions[?(@.type=='Ready')].status}",
+        "True",
+        IMPORT,
+    );
+    c.wait_field(&ns, "dv/web-root", "{.status.phase}", "Succeeded", IMPORT);
+    let owner = c.field(&ns, "dv/web-root", "{.metadata.ownerReferences[0].kind}");
+    assert_eq!(owner, "VirtualMachine");
+    c.wait_field(
+        &ns,
+        "vm/web",
+        "{.status.printableStatus}",
+        "Stopped",
+        IMPORT,
+    );
+    c.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
 pub fn golden_images(c: &Cluster) {
     c.namespace(NS);
+    refused(c);
+    examples(c);
     push_guest(c, "golden/kiln-guest", "1");
     c.apply(NS, &cron(2));
     // The first run imports at once; the DataSource appears once that import succeeded.

@@ -133,8 +133,8 @@ pub fn refused_specs(c: &Cluster) {
         (
             "dataVolume",
             "{name: root, containerDisk: {image: kiln.local/containerdisks/kiln-guest:latest}}",
-            "{name: root, dataVolume: {name: dv}}",
-            "Kiln does not support dataVolume volumes yet",
+            "{name: root, dataVolume: {name: dv, hotpluggable: true}}",
+            "Kiln does not support hotplugged volumes (dataVolume.hotpluggable)",
         ),
         (
             "run strategy",
