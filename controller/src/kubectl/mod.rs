@@ -3,6 +3,7 @@
 //! own kubeconfig and permissions.
 
 pub mod console;
+pub mod create;
 pub mod expose;
 pub mod lifecycle;
 
@@ -21,7 +22,7 @@ use lifecycle::Change;
 #[command(
     name = "kubectl-kiln",
     version,
-    about = "Kiln VMs from kubectl: start, stop, restart, pause, unpause, console, expose, status"
+    about = "Kiln VMs from kubectl: create, start, stop, restart, pause, unpause, console, expose, status"
 )]
 pub struct Cli {
     /// The namespace (default: the kubeconfig context's).
@@ -38,7 +39,36 @@ pub enum Kind {
 }
 
 #[derive(Subcommand)]
+pub enum CreateKind {
+    /// A VM whose root disk is its own clone of a DataSource (a golden image).
+    Vm {
+        name: String,
+        /// The DataSource to clone: NAME (this namespace) or NAMESPACE/NAME.
+        #[arg(long)]
+        datasource: String,
+        /// The clone's size (default: the source's).
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long, default_value = "512Mi")]
+        memory: String,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// A file of cloud-init user-data for a NoCloud seed.
+        #[arg(long)]
+        cloud_init_user_data: Option<std::path::PathBuf>,
+        /// Create it (default: print it as YAML, as virtctl create does).
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
+    /// Make an object from a few flags (virtctl create): `create vm NAME --datasource DS`.
+    Create {
+        #[command(subcommand)]
+        what: CreateKind,
+    },
     /// Start a VM (as its run strategy allows).
     Start { name: String },
     /// Stop a VM: the guest is asked to shut down within its grace period.
@@ -97,6 +127,42 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         async move { vmis.get_opt(&name).await.map_err(|e| e.to_string()) }
     };
     match cli.command {
+        Command::Create {
+            what:
+                CreateKind::Vm {
+                    ref name,
+                    ref datasource,
+                    ref size,
+                    ref memory,
+                    cpus,
+                    ref cloud_init_user_data,
+                    apply,
+                },
+        } => {
+            let user_data = match cloud_init_user_data {
+                Some(p) => {
+                    Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?)
+                }
+                None => None,
+            };
+            let vm = create::vm(&create::CreateVm {
+                name,
+                datasource,
+                size: size.as_deref(),
+                memory,
+                cpus,
+                user_data: user_data.as_deref(),
+            })?;
+            if !apply {
+                print!("{}", serde_yaml::to_string(&vm).map_err(|e| e.to_string())?);
+                return Ok(());
+            }
+            vms.create(&Default::default(), &vm)
+                .await
+                .map_err(|e| format!("creating VM {name}: {e}"))?;
+            println!("VM {name} created; its disk is a clone of DataSource {datasource}");
+            Ok(())
+        }
         Command::Start { ref name }
         | Command::Stop { ref name }
         | Command::Restart { ref name } => {

@@ -378,7 +378,46 @@ pub fn golden_images(c: &Cluster) {
         ),
         second
     );
-    c.apply(NS, &vm("gold-b"));
+    // gold-b the one-click way: kubectl kiln create vm --datasource.
+    let user_data = c.dir.join("gold-b-user-data");
+    std::fs::write(
+        &user_data,
+        "#!/bin/sh\necho \"KILN_IMAGE_VERSION=$(cat /etc/kiln-image-version) on $(grep -c vd /proc/partitions) disks\"\n",
+    )
+    .unwrap();
+    let printed = ok(
+        &c.kiln(
+            NS,
+            &["create", "vm", "gold-b", "--datasource", "golden-guest"],
+            None,
+        ),
+        "kubectl kiln create vm (print)",
+    );
+    assert!(
+        printed.contains("sourceRef:") && printed.contains("name: golden-guest"),
+        "{printed}"
+    );
+    ok(
+        &c.kiln(
+            NS,
+            &[
+                "create",
+                "vm",
+                "gold-b",
+                "--datasource",
+                "golden-guest",
+                "--size",
+                "256Mi",
+                "--memory",
+                "128Mi",
+                "--cloud-init-user-data",
+                &user_data.display().to_string(),
+                "--apply",
+            ],
+            None,
+        ),
+        "kubectl kiln create vm --apply",
+    );
     wait_boot_version(c, "gold-b", "2");
     // gold-a runs on as it was: the same run, its own clone of version 1.
     assert_eq!(c.field(NS, "vmi/gold-a", "{.metadata.uid}"), a_run);
