@@ -149,40 +149,12 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         .watches(
             Api::<PersistentVolumeClaim>::all(client.clone()),
             watcher::Config::default(),
-            move |pvc| {
-                let (ns, name) = (
-                    pvc.metadata.namespace.clone().unwrap_or_default(),
-                    pvc.metadata.name.clone().unwrap_or_default(),
-                );
-                claims_store
-                    .state()
-                    .into_iter()
-                    .filter(|v| {
-                        v.metadata.namespace.as_deref() == Some(ns.as_str())
-                            && vmi::uses_claim(v, &name)
-                    })
-                    .map(|v| ObjectRef::from_obj(&*v))
-                    .collect::<Vec<_>>()
-            },
+            move |pvc| vmis_using(&claims_store, &pvc.metadata),
         )
         .watches(
             Api::<DataVolume>::all(client.clone()),
             watcher::Config::default(),
-            move |dv| {
-                let (ns, name) = (
-                    dv.metadata.namespace.clone().unwrap_or_default(),
-                    dv.metadata.name.clone().unwrap_or_default(),
-                );
-                dv_store
-                    .state()
-                    .into_iter()
-                    .filter(|v| {
-                        v.metadata.namespace.as_deref() == Some(ns.as_str())
-                            && vmi::uses_claim(v, &name)
-                    })
-                    .map(|v| ObjectRef::from_obj(&*v))
-                    .collect::<Vec<_>>()
-            },
+            move |dv| vmis_using(&dv_store, &dv.metadata),
         )
         .reconcile_on(UnboundedReceiverStream::new(changed))
         .with_config(cfg.clone())
@@ -252,6 +224,22 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             Ok(())
         }
     }
+}
+
+/// The VMIs that use the claim named by `meta` (a claim, or the DataVolume filling it): a claim
+/// that appears or binds, or a DataVolume that succeeds, wakes the VMIs waiting for it.
+fn vmis_using(
+    store: &reflector::Store<VirtualMachineInstance>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Vec<ObjectRef<VirtualMachineInstance>> {
+    let ns = meta.namespace.as_deref().unwrap_or_default();
+    let name = meta.name.as_deref().unwrap_or_default();
+    store
+        .state()
+        .into_iter()
+        .filter(|v| v.metadata.namespace.as_deref() == Some(ns) && vmi::uses_claim(v, name))
+        .map(|v| ObjectRef::from_obj(&*v))
+        .collect()
 }
 
 /// SIGTERM (the kubelet stopping the pod) or SIGINT.

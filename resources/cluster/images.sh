@@ -140,6 +140,15 @@ with_libs() {
 
 version_of() { "$1" --version | awk '{print $2}'; }
 
+# with_ca_certificates ROOTFS: the host's CA bundle (Debian's ca-certificates), for programs that
+# speak TLS to registries and image servers.
+with_ca_certificates() {
+  [[ -f /etc/ssl/certs/ca-certificates.crt ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y \
+    --no-install-recommends ca-certificates >&2
+  mkdir -p "$1/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/"
+}
+
 # kiln_vmm_image: the release kiln-vmm ($KILN_VMM, else the one kiln_build made) with the shared
 # libraries it links, tagged with its version.
 kiln_vmm_image() {
@@ -188,6 +197,7 @@ kiln_controller_image() {
   cp "$KILN_BIN/kiln-controller" "$work/usr/bin/"
   strip "$work/usr/bin/kiln-controller"
   with_libs "$KILN_BIN/kiln-controller" "$work"
+  with_ca_certificates "$work"
   pack "$work" "kiln.local/kiln-controller:$(version_of "$KILN_BIN/kiln-controller")" \
     '["/usr/bin/kiln-controller"]' "$out"
 }
@@ -202,6 +212,7 @@ kiln_importer_image() {
   cp "$KILN_BIN/kiln-importer" "$work/usr/bin/"
   strip "$work/usr/bin/kiln-importer"
   with_libs "$KILN_BIN/kiln-importer" "$work"
+  with_ca_certificates "$work"
   pack "$work" "kiln.local/kiln-importer:$(version_of "$KILN_BIN/kiln-importer")" \
     '["/usr/bin/kiln-importer"]' "$out"
 }

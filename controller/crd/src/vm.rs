@@ -58,6 +58,7 @@ pub struct VirtualMachineSpec {
     /// DataVolumes the VM owns (created with it, deleted with it); its volumes use them by
     /// name (`dataVolume.name`). A run starts once they all succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub data_volume_templates: Option<Vec<DataVolumeTemplateSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_volumes_strategy: Option<String>,

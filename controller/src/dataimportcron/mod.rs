@@ -52,17 +52,23 @@ pub async fn resolve_digest(url: &str, insecure: &[String]) -> std::result::Resu
         .strip_prefix("docker://")
         .ok_or_else(|| format!("{url} does not start with docker://"))?;
     let reference: oci_client::Reference = rest.parse().map_err(|e| format!("{url}: {e}"))?;
-    let client = oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure.to_vec()),
-        ..Default::default()
+    let insecure = insecure.to_vec();
+    // In a task of its own: oci-client panics when it cannot build an HTTP client (no CA
+    // certificates); that must fail this run, not the controller.
+    let task = tokio::spawn(async move {
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            ..Default::default()
+        });
+        client
+            .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
+            .await
     });
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        client.fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
-    )
-    .await
-    .map_err(|_| format!("{url}: the registry did not answer in 20 s"))?
-    .map_err(|e| format!("{url}: {e}"))
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .map_err(|_| format!("{url}: the registry did not answer in 20 s"))?
+        .map_err(|e| format!("{url}: the registry client failed: {e}"))?
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 async fn reconcile_dic(dic: &DataImportCron, ctx: &Context) -> Result<Action> {

@@ -268,7 +268,13 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
         _ => {
             let (reason, message) = pod::waiting_reason(&p)
                 .unwrap_or_else(|| ("Pending".into(), format!("{pod_name} is pending")));
-            let found = Found::new(scheduled, &old, &reason, message);
+            // A retry's pod: the import stays in progress, as a restarted CDI importer's does.
+            let phase = if old.restart_count > 0 {
+                in_progress
+            } else {
+                scheduled
+            };
+            let found = Found::new(phase, &old, &reason, message);
             finish(dv, ctx, Some(&claim), found, None).await
         }
     }

@@ -54,6 +54,7 @@ pub struct DataVolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<StorageSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub content_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preallocation: Option<bool>,
@@ -125,10 +126,13 @@ pub struct DataVolumeSource {
 )]
 pub struct RegistrySource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub image_stream: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub pull_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<String>,
@@ -155,9 +159,10 @@ pub struct RegistrySource {
     validation = refuse("secretExtraHeaders", "http.secretExtraHeaders yet"),
 )]
 pub struct HttpSource {
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = 2048))]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 136))]
     pub checksum: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<String>,
@@ -188,6 +193,7 @@ pub struct BlankSource {}
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = rule("self.kind == 'DataSource'", "sourceRef.kind is DataSource"))]
 pub struct DataVolumeSourceRef {
+    #[schemars(length(max = 32))]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
