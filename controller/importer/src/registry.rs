@@ -106,7 +106,16 @@ pub async fn import(
             Ok(written)
         })
         .await
-        .map_err(|e| ImportError::Source(format!("import task: {e}")))??;
+        .map_err(|e| ImportError::Source(format!("import task: {e}")))?
+        .map_err(|e| match e {
+            // The registry checked the blob's digest when it was pushed: bytes that do not
+            // decode are bytes that no longer match it.
+            ImportError::Integrity(why) => ImportError::Integrity(format!(
+                "layer {} does not match its digest: {why}",
+                layer.digest
+            )),
+            other => other,
+        })?;
         if let Some((w, written)) = found {
             return Ok((w, written, digest));
         }

@@ -268,13 +268,14 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
         _ => {
             let (reason, message) = pod::waiting_reason(&p)
                 .unwrap_or_else(|| ("Pending".into(), format!("{pod_name} is pending")));
-            // A retry's pod: the import stays in progress, as a restarted CDI importer's does.
-            let phase = if old.restart_count > 0 {
-                in_progress
-            } else {
-                scheduled
+            // A retry's pod: the import stays in progress, as a restarted CDI importer's does,
+            // and the last attempt's error stays what the Running condition says.
+            let retrying = old.restart_count > 0 && pod::waiting_reason(&p).is_none();
+            let found = match old.running_message().filter(|_| retrying) {
+                Some(last) => Found::new(in_progress, &old, "Error", last.to_string()),
+                None if old.restart_count > 0 => Found::new(in_progress, &old, &reason, message),
+                None => Found::new(scheduled, &old, &reason, message),
             };
-            let found = Found::new(phase, &old, &reason, message);
             finish(dv, ctx, Some(&claim), found, None).await
         }
     }

@@ -499,13 +499,19 @@ spec:
         let restarts = c.field(NS, "dv/during-outage", "{.status.restartCount}");
         (restarts.parse::<u32>().unwrap_or(0) >= 1).then_some(())
     });
-    assert_eq!(dv_phase(c, "during-outage"), "ImportInProgress");
-    let why = c.field(
-        NS,
-        "dv/during-outage",
-        "{.status.conditions[?(@.type=='Running')].message}",
+    // Between attempts the DataVolume stays ImportInProgress and says why the last one failed.
+    c.wait(
+        "the Running condition names the unreachable registry",
+        IMPORT,
+        || {
+            let why = c.field(
+                NS,
+                "dv/during-outage",
+                "{.status.conditions[?(@.type=='Running')].message}",
+            );
+            (why.contains(PULL) && dv_phase(c, "during-outage") == "ImportInProgress").then_some(())
+        },
     );
-    assert!(why.contains(PULL), "the Running condition says why: {why}");
     assert_eq!(
         source_claim(c),
         current,
