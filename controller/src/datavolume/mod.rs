@@ -245,7 +245,7 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
                 .unwrap_or(Duration::ZERO);
             let mut found = Found::new(in_progress, &old, "Error", outcome.message.clone());
             if left > Duration::ZERO {
-                if old.running_message() != Some(outcome.message.as_str()) {
+                if running_message(&old) != Some(outcome.message.as_str()) {
                     ctx.event(
                         dv,
                         true,
@@ -271,7 +271,7 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
             // A retry's pod: the import stays in progress, as a restarted CDI importer's does,
             // and the last attempt's error stays what the Running condition says.
             let retrying = old.restart_count > 0 && pod::waiting_reason(&p).is_none();
-            let found = match old.running_message().filter(|_| retrying) {
+            let found = match running_message(&old).filter(|_| retrying) {
                 Some(last) => Found::new(in_progress, &old, "Error", last.to_string()),
                 None if old.restart_count > 0 => Found::new(in_progress, &old, &reason, message),
                 None => Found::new(scheduled, &old, &reason, message),
@@ -281,14 +281,9 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     }
 }
 
-trait RunningMessage {
-    fn running_message(&self) -> Option<&str>;
-}
-
-impl RunningMessage for DataVolumeStatus {
-    fn running_message(&self) -> Option<&str> {
-        conditions::find(&self.conditions, kind::RUNNING).and_then(|c| c.message.as_deref())
-    }
+/// What the DataVolume's Running condition says (the last attempt's error, while retrying).
+fn running_message(status: &DataVolumeStatus) -> Option<&str> {
+    conditions::find(&status.conditions, kind::RUNNING).and_then(|c| c.message.as_deref())
 }
 
 /// The importer's progress ("45.20%"), read from its metrics endpoint.

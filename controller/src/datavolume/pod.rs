@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeDevice, VolumeMount,
+    SeccompProfile, SecurityContext, Volume, VolumeDevice,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,7 +15,7 @@ use kiln_crd::cdi::DataVolume;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
-use crate::vmi::pod::Images;
+use crate::vmi::pod::{mount, Images};
 
 /// Label on importer and clone pods (and the claims they fill).
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
@@ -220,15 +220,6 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
             ..Default::default()
         }),
         status: None,
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: Some(read_only),
-        ..Default::default()
     }
 }
 
