@@ -177,13 +177,14 @@ fn kill_9_after_fsync_loses_nothing() {
     assert!(data == expected, "flushed file content differs");
 }
 
-/// MiB sent host → guest (`KILN_NET_TEST_MIB`, default 50). Where guest ring 0 is emulated
-/// (kvm_pvm) TCP into the guest runs at ~0.17 MB/s under any VMM, QEMU included: ~5 minutes.
+/// MiB sent host → guest (`KILN_NET_TEST_MIB`, default 8: the receive queue wraps hundreds of
+/// times). Where guest ring 0 is emulated (kvm_pvm) TCP into the guest runs at 0.05–0.17 MB/s
+/// under any VMM, QEMU included: one to three minutes.
 fn net_test_mib() -> usize {
     std::env::var("KILN_NET_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50)
+        .unwrap_or(8)
 }
 /// MiB sent guest → host.
 const NET_BACK_MIB: usize = 4;
@@ -220,7 +221,7 @@ fn test_stream(len: usize) -> Vec<u8> {
 /// In a private network namespace, two NICs: eth0 on a TAP kiln-vmm creates by name (and that
 /// disappears with it), eth1 on a TAP descriptor the test opens and kiln-vmm inherits (as the
 /// launcher pod will pass one). The guest pings the host on both, the host pings the guest,
-/// then 50 MiB go host → guest and 4 MiB guest → host over TCP, SHA-256 compared at both ends.
+/// then 8 MiB go host → guest and 4 MiB guest → host over TCP, SHA-256 compared at both ends.
 #[test]
 fn tap_networking_ping_both_ways_and_tcp_with_checksums() {
     let dir = scratch_dir("virtio-net");

@@ -152,11 +152,17 @@ fn virtual_machines_on_kubernetes() {
         for &(name, run) in &parts {
             if part(name) {
                 let c = &c;
-                s.spawn(move || run(c));
+                s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    run(c);
+                    eprintln!("part {name} passed in {:.0?}", started.elapsed());
+                });
             }
         }
     });
     if part("chaos") {
+        let started = std::time::Instant::now();
         chaos::controller_killed_mid_reconcile_converges(&c);
+        eprintln!("part chaos passed in {:.0?}", started.elapsed());
     }
 }
