@@ -1,5 +1,6 @@
 //! The golden-image controllers side by side: DataVolumes (owning their claims and importer
-//! pods, woken by the DataSources and DataVolumes they wait for), DataSources (woken by their
+//! pods, woken by the DataSources and DataVolumes they wait for and by the clone-source pods
+//! serving them from other namespaces), DataSources (woken by their
 //! claims and DataVolumes) and DataImportCrons (woken by their imports).
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use crate::context::Context;
+use crate::datavolume::clone_source;
 use crate::datavolume::pod::{COMPONENT_LABEL, DATA_VOLUME_LABEL, IMPORTER_COMPONENT};
 use crate::{dataimportcron, datasource, datavolume};
 
@@ -51,6 +53,13 @@ fn cloning(dvs: &Store<DataVolume>, ns: &str, name: &str) -> Vec<ObjectRef<DataV
         .collect()
 }
 
+/// The DataVolume a clone-source pod (in another namespace) serves.
+fn clone_target(pod: Pod) -> Option<ObjectRef<DataVolume>> {
+    let ns = pod.labels().get(clone_source::TARGET_NAMESPACE_LABEL)?;
+    let name = pod.annotations().get(clone_source::TARGET_NAME_LABEL)?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
 fn sources_at(store: &Store<DataSource>, ns: &str, claim: &str) -> Vec<ObjectRef<DataSource>> {
     store
         .state()
@@ -70,8 +79,13 @@ pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
     );
     let dv_store = dv_controller.store();
     let (s1, s2) = (dv_store.clone(), dv_store.clone());
+    let clone_sources = watcher::Config::default().labels(&format!(
+        "{COMPONENT_LABEL}={}",
+        clone_source::CLONE_SOURCE_COMPONENT
+    ));
     let dvs = dv_controller
         .owns(Api::<Pod>::all(client.clone()), importer_pods)
+        .watches(Api::<Pod>::all(client.clone()), clone_sources, clone_target)
         .owns(Api::<PersistentVolumeClaim>::all(client.clone()), dv_claims)
         .watches(
             Api::<DataSource>::all(client.clone()),

@@ -83,8 +83,12 @@ pub async fn import(
     let client = reqwest::Client::builder()
         .build()
         .map_err(|e| ImportError::Source(format!("http client: {e}")))?;
-    let resp = client
-        .get(url)
+    let mut request = client.get(url);
+    // A clone across namespaces: the source pod's token.
+    if let Ok(token) = std::env::var(crate::serve::TOKEN_ENV) {
+        request = request.bearer_auth(token);
+    }
+    let resp = request
         .send()
         .await
         .map_err(|e| ImportError::Source(format!("{url}: {e}")))?;

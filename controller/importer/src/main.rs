@@ -7,6 +7,7 @@ mod format;
 mod http;
 mod progress;
 mod registry;
+mod serve;
 mod sparse;
 
 use std::net::SocketAddr;
@@ -43,9 +44,13 @@ struct Args {
     /// pvc: the source disk (a claim's disk.img, or its device).
     #[arg(long)]
     source_path: Option<PathBuf>,
-    /// The disk to write: disk.img on the volume, or the block device.
+    /// The disk to write: disk.img on the volume, or the block device (not when serving).
     #[arg(long)]
-    target: PathBuf,
+    target: Option<PathBuf>,
+    /// pvc: serve --source-path on this address to the importer presenting the token in
+    /// KILN_CLONE_TOKEN (a clone across namespaces), instead of copying it to --target.
+    #[arg(long)]
+    serve: Option<SocketAddr>,
     /// The target is a block device.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     block: bool,
@@ -81,13 +86,29 @@ struct Outcome {
     transient: bool,
 }
 
-async fn run(args: &Args, progress: Arc<Progress>) -> Result<Outcome, ImportError> {
-    let target = Target {
-        path: args.target.clone(),
+/// The disk to fill, if --target was given.
+fn target_of(args: &Args) -> Option<Target> {
+    Some(Target {
+        path: args.target.clone()?,
         block: args.block,
         capacity: args.capacity,
         scratch: args.scratch.clone(),
-    };
+    })
+}
+
+async fn run(args: &Args, progress: Arc<Progress>) -> Result<Outcome, ImportError> {
+    if let Some(addr) = args.serve {
+        let (SourceKind::Pvc, Some(disk)) = (args.source, args.source_path.clone()) else {
+            return Err(ImportError::Format(
+                "--serve needs --source pvc and --source-path".into(),
+            ));
+        };
+        let token = std::env::var(serve::TOKEN_ENV).unwrap_or_default();
+        serve::serve(addr, disk, token, progress).await?;
+        return Ok(Outcome::default());
+    }
+    let target =
+        target_of(args).ok_or_else(|| ImportError::Format("--target is required".into()))?;
     let url = || {
         args.url
             .clone()
@@ -187,13 +208,9 @@ fn main() {
             (o, 0)
         }
         Err(e) => {
-            let target = Target {
-                path: args.target.clone(),
-                block: args.block,
-                capacity: args.capacity,
-                scratch: args.scratch.clone(),
-            };
-            target.discard();
+            if let Some(target) = target_of(&args) {
+                target.discard();
+            }
             error!("{e}");
             let transient = e.transient();
             (

@@ -3,6 +3,7 @@
 //! Succeeded, Failed), progress read from the pod, conditions Bound, Running and Ready, events,
 //! and retries with back-off (restartCount) when a pod fails for a reason that may pass.
 
+pub mod clone_source;
 pub mod pod;
 pub mod source;
 
@@ -24,13 +25,21 @@ use serde_json::json;
 use self::pod::{Job, TargetClaim, PROGRESS_PORT};
 use self::source::Resolved;
 use crate::context::{Context, Error, Result};
-use crate::vmi::pod::FILESYSTEM_OVERHEAD_PERMILLE;
+use crate::vmi::pod::usable_bytes;
 
 /// How often progress is read while a pod runs.
 const PROGRESS_PERIOD: Duration = Duration::from_secs(3);
 /// The first retry after a failed attempt; it doubles per attempt up to [`MAX_RETRY_WAIT`].
 const FIRST_RETRY_WAIT: Duration = Duration::from_secs(10);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+/// How often a clone across namespaces that RBAC refused is checked again.
+const UNAUTHORIZED_RECHECK: Duration = Duration::from_secs(30);
+
+/// Where the job runs: a pod here, or also a clone-source pod in the source's namespace.
+enum Planned {
+    Here(Job),
+    Remote(clone_source::CloneSource),
+}
 
 pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("datavolume");
@@ -73,7 +82,10 @@ impl Found {
 
 async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     if dv.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change()); // the claim and pod go with it (owner references)
+        // The claim and importer pod go with it (owner references); a clone-source pod in
+        // another namespace cannot, so it is ended here.
+        clone_source::remove(dv, ctx).await?;
+        return Ok(Action::await_change());
     }
     let ns = dv.namespace().unwrap_or_default();
     let name = dv.name_any();
@@ -97,17 +109,26 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     match old.phase {
         Some(DataVolumePhase::Succeeded) => {
             remove_pods(&pods, &name).await?;
+            clone_source::remove(dv, ctx).await?;
             let mut found =
                 Found::new(DataVolumePhase::Succeeded, &old, "Completed", String::new());
             found.ready = Condition::new(kind::READY, true, "", "");
             return finish(dv, ctx, claim.as_ref(), found, None).await;
         }
-        Some(DataVolumePhase::Failed) => return Ok(Action::await_change()),
+        Some(DataVolumePhase::Failed) => {
+            clone_source::remove(dv, ctx).await?;
+            return Ok(Action::await_change());
+        }
         _ => {}
     }
 
-    let (job, source_size) = match source::resolve(dv, ctx).await? {
-        Resolved::Job(job, size) => (job, size),
+    let (planned, source_size) = match source::resolve(dv, ctx).await? {
+        Resolved::Job(job, size) => (Planned::Here(job), size),
+        Resolved::Remote(src, size) => (Planned::Remote(src), size),
+        Resolved::Unauthorized(message) => {
+            let found = Found::new(DataVolumePhase::Pending, &old, "CloneUnauthorized", message);
+            return finish(dv, ctx, claim.as_ref(), found, Some(UNAUTHORIZED_RECHECK)).await;
+        }
         Resolved::Wait(reason, message) => {
             let found = Found::new(DataVolumePhase::Pending, &old, reason, message);
             return finish(dv, ctx, claim.as_ref(), found, None).await;
@@ -148,7 +169,23 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     let target = TargetClaim {
         name: name.clone(),
         block,
-        capacity: (!block).then(|| size - size * FILESYSTEM_OVERHEAD_PERMILLE / 1000),
+        capacity: (!block).then(|| usable_bytes(size)),
+    };
+    let job = match planned {
+        Planned::Here(job) => job,
+        Planned::Remote(src) => match clone_source::ensure(dv, ctx, &src).await? {
+            clone_source::Served::Ready(job) => job,
+            clone_source::Served::Waiting(message) => {
+                let found = Found::new(
+                    DataVolumePhase::CloneScheduled,
+                    &old,
+                    "CloneSourcePending",
+                    message,
+                );
+                // Woken by the source pod's changes (golden.rs watches them).
+                return finish(dv, ctx, Some(&claim), found, None).await;
+            }
+        },
     };
     let (scheduled, in_progress) = if job.is_clone() {
         (

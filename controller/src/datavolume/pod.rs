@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext, Volume, VolumeDevice,
+    SeccompProfile, SecurityContext, Volume, VolumeDevice, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -46,13 +46,61 @@ pub enum Job {
         claim: String,
         block: bool,
     },
+    /// Streams a claim of another namespace from the clone-source pod serving it at `url`.
+    NetworkClone {
+        url: String,
+        token: String,
+    },
 }
 
 impl Job {
     pub fn is_clone(&self) -> bool {
-        matches!(self, Job::Clone { .. })
+        matches!(self, Job::Clone { .. } | Job::NetworkClone { .. })
     }
 }
+
+/// A pod's volumes, mounts and devices as they are assembled.
+#[derive(Default)]
+pub struct Storage {
+    pub volumes: Vec<Volume>,
+    pub mounts: Vec<VolumeMount>,
+    pub devices: Vec<VolumeDevice>,
+}
+
+impl Storage {
+    /// Claim `claim` as volume `volume`; returns the disk's path in the container: the device
+    /// at `device` for a Block claim, else `disk.img` under `dir`.
+    pub fn claim(
+        &mut self,
+        volume: &str,
+        claim: &str,
+        block: bool,
+        read_only: bool,
+        (device, dir): (&str, &str),
+    ) -> String {
+        self.volumes.push(Volume {
+            name: volume.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
+                read_only: Some(read_only),
+            }),
+            ..Default::default()
+        });
+        if block {
+            self.devices.push(VolumeDevice {
+                name: volume.into(),
+                device_path: device.into(),
+            });
+            device.into()
+        } else {
+            self.mounts.push(mount(volume, dir, read_only));
+            format!("{dir}/disk.img")
+        }
+    }
+}
+
+/// Where a clone's source claim appears: its device, or the folder holding its disk.img.
+pub const SOURCE_AT: (&str, &str) = (SOURCE_DEVICE, "/source");
 
 /// The claim to fill.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,23 +131,21 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
         args.push(k.into());
         args.push(v.into());
     };
-    let mut volumes = vec![
-        Volume {
-            name: "data".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: target.name.clone(),
-                read_only: Some(false),
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: "scratch".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        },
-    ];
-    let mut mounts = vec![mount("scratch", "/scratch", false)];
-    let mut devices = Vec::new();
+    let mut storage = Storage::default();
+    let target_path = storage.claim(
+        "data",
+        &target.name,
+        target.block,
+        false,
+        (TARGET_DEVICE, "/data"),
+    );
+    storage.volumes.push(Volume {
+        name: "scratch".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    storage.mounts.push(mount("scratch", "/scratch", false));
+    let mut env = Vec::new();
     match job {
         Job::Registry { url } => {
             arg("--source", "registry");
@@ -115,36 +161,22 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
         Job::Blank => arg("--source", "blank"),
         Job::Clone { claim, block } => {
             arg("--source", "pvc");
-            volumes.push(Volume {
-                name: "source".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(true),
-                }),
+            let path = storage.claim("source", claim, *block, true, SOURCE_AT);
+            arg("--source-path", &path);
+        }
+        Job::NetworkClone { url, token } => {
+            arg("--source", "http");
+            arg("--url", url);
+            env.push(EnvVar {
+                name: CLONE_TOKEN_ENV.into(),
+                value: Some(token.clone()),
                 ..Default::default()
             });
-            if *block {
-                devices.push(VolumeDevice {
-                    name: "source".into(),
-                    device_path: SOURCE_DEVICE.into(),
-                });
-                arg("--source-path", SOURCE_DEVICE);
-            } else {
-                mounts.push(mount("source", "/source", true));
-                arg("--source-path", "/source/disk.img");
-            }
         }
     }
+    arg("--target", &target_path);
     if target.block {
-        devices.push(VolumeDevice {
-            name: "data".into(),
-            device_path: TARGET_DEVICE.into(),
-        });
-        arg("--target", TARGET_DEVICE);
         arg("--block", "true");
-    } else {
-        mounts.push(mount("data", "/data", false));
-        arg("--target", "/data/disk.img");
     }
     if let Some(c) = target.capacity {
         arg("--capacity", &c.to_string());
@@ -157,14 +189,78 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
         (COMPONENT_LABEL.to_string(), IMPORTER_COMPONENT.to_string()),
         (DATA_VOLUME_LABEL.to_string(), label_value(&dv.name_any())),
     ]);
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(pod_name(&dv.name_any(), job)),
-            namespace: dv.namespace(),
-            labels: Some(labels),
-            owner_references: dv.controller_owner_ref(&()).map(|r| vec![r]),
+    let metadata = ObjectMeta {
+        name: Some(pod_name(&dv.name_any(), job)),
+        namespace: dv.namespace(),
+        labels: Some(labels),
+        owner_references: dv.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    };
+    let mut container = importer_container(
+        images,
+        args,
+        ("metrics", PROGRESS_PORT),
+        storage.mounts,
+        storage.devices,
+    );
+    container.env = (!env.is_empty()).then_some(env);
+    importer_pod(metadata, container, storage.volumes)
+}
+
+/// The token a clone across namespaces presents (kiln-importer reads it from this variable).
+pub const CLONE_TOKEN_ENV: &str = "KILN_CLONE_TOKEN";
+
+/// kiln-importer with `args`, as the unprivileged importer user, listening on `port` (its
+/// name and number).
+pub fn importer_container(
+    images: &Images,
+    args: Vec<String>,
+    (port_name, port): (&str, u16),
+    mounts: Vec<VolumeMount>,
+    devices: Vec<VolumeDevice>,
+) -> Container {
+    Container {
+        name: "importer".into(),
+        image: Some(images.importer.clone()),
+        image_pull_policy: Some(images.importer_pull_policy.clone()),
+        args: Some(args),
+        ports: Some(vec![ContainerPort {
+            name: Some(port_name.into()),
+            container_port: i32::from(port),
             ..Default::default()
-        },
+        }]),
+        volume_mounts: Some(mounts),
+        volume_devices: (!devices.is_empty()).then_some(devices),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("100m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("1Gi".into()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// A pod of one importer container: never restarted, no service account token, as the
+/// importer user with the runtime's seccomp profile.
+pub fn importer_pod(metadata: ObjectMeta, container: Container, volumes: Vec<Volume>) -> Pod {
+    Pod {
+        metadata,
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
@@ -181,41 +277,7 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
                 }),
                 ..Default::default()
             }),
-            containers: vec![Container {
-                name: "importer".into(),
-                image: Some(images.importer.clone()),
-                image_pull_policy: Some(images.importer_pull_policy.clone()),
-                args: Some(args),
-                ports: Some(vec![ContainerPort {
-                    name: Some("metrics".into()),
-                    container_port: i32::from(PROGRESS_PORT),
-                    ..Default::default()
-                }]),
-                volume_mounts: Some(mounts),
-                volume_devices: (!devices.is_empty()).then_some(devices),
-                resources: Some(ResourceRequirements {
-                    requests: Some(BTreeMap::from([
-                        ("cpu".to_string(), Quantity("100m".into())),
-                        ("memory".to_string(), Quantity("64Mi".into())),
-                    ])),
-                    limits: Some(BTreeMap::from([(
-                        "memory".to_string(),
-                        Quantity("1Gi".into()),
-                    )])),
-                    ..Default::default()
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    ..Default::default()
-                }),
-                termination_message_policy: Some("FallbackToLogsOnError".into()),
-                ..Default::default()
-            }],
+            containers: vec![container],
             volumes: Some(volumes),
             ..Default::default()
         }),
@@ -298,4 +360,4 @@ pub fn waiting_reason(pod: &Pod) -> Option<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

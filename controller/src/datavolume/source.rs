@@ -16,12 +16,17 @@ use kiln_crd::quantity::{format_bytes, parse_bytes};
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
+use super::clone_source::CloneSource;
 use super::pod::{label_value, Job, DATA_VOLUME_LABEL};
 use crate::context::{Context, Result};
 
 pub enum Resolved {
     /// What to run, and the source claim's size for clones.
     Job(Job, Option<u64>),
+    /// A clone of a claim in another namespace, and its size.
+    Remote(CloneSource, Option<u64>),
+    /// A clone across namespaces that RBAC does not allow (yet): checked again periodically.
+    Unauthorized(String),
     /// Not yet (reason, message): a DataSource or source claim that is not ready.
     Wait(&'static str, String),
     /// Never (reason, message).
@@ -93,12 +98,19 @@ pub async fn resolve(dv: &DataVolume, ctx: &Context) -> Result<Resolved> {
 async fn clone_of(dv: &DataVolume, ctx: &Context, claim_ns: &str, claim: &str) -> Result<Resolved> {
     let ns = dv.namespace().unwrap_or_default();
     if claim_ns != ns {
-        return Ok(Resolved::Fail(
-            "CrossNamespaceClone",
-            format!(
-                "Kiln does not clone across namespaces yet: the source claim {claim_ns}/{claim} is not in {ns}"
-            ),
-        ));
+        let (allowed, reason) = super::clone_source::authorize(ctx, &ns, claim_ns).await?;
+        if !allowed {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            };
+            return Ok(Resolved::Unauthorized(format!(
+                "cloning from namespace {claim_ns} is not allowed{why}: grant the service account \
+                 {ns}/default create on datavolumes/source (group cdi.kiln.dev) in {claim_ns}, \
+                 e.g. with the ClusterRole os-images.kiln.dev:view"
+            )));
+        }
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), claim_ns);
     let Some(pvc) = claims.get_opt(claim).await? else {
@@ -125,6 +137,14 @@ async fn clone_of(dv: &DataVolume, ctx: &Context, claim_ns: &str, claim: &str) -
         .and_then(|r| r.get("storage"))
         .and_then(|q| parse_bytes(&q.0).ok());
     let block = spec.volume_mode.as_deref() == Some("Block");
+    if claim_ns != ns {
+        let src = CloneSource {
+            namespace: claim_ns.to_string(),
+            claim: claim.to_string(),
+            block,
+        };
+        return Ok(Resolved::Remote(src, size));
+    }
     Ok(Resolved::Job(
         Job::Clone {
             claim: claim.to_string(),

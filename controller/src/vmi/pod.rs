@@ -34,6 +34,12 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 /// The part of a filesystem claim kept free of disk.img, as KubeVirt's default filesystem
 /// overhead (5.5%).
 pub const FILESYSTEM_OVERHEAD_PERMILLE: u64 = 55;
+
+/// What a disk.img may take of a filesystem claim of `size` bytes: the claim less the overhead,
+/// rounded down to whole MiB (as CDI aligns it).
+pub fn usable_bytes(size: u64) -> u64 {
+    (size - size * FILESYSTEM_OVERHEAD_PERMILLE / 1000) / (1 << 20) * (1 << 20)
+}
 /// The ServiceAccount launcher pods run as: it has no permissions, and its token is not mounted.
 pub const LAUNCHER_SERVICE_ACCOUNT: &str = "kiln-launcher";
 
@@ -185,11 +191,9 @@ pub fn render(
             } else {
                 let dir = format!("{VOLUMES_DIR}/{}", v.name);
                 mounts.push(mount(&pod_volume, &dir, claim_read_only));
-                let usable =
-                    info.size_bytes - info.size_bytes * FILESYSTEM_OVERHEAD_PERMILLE / 1000;
                 DiskImage::Sparse {
                     path: format!("{dir}/disk.img"),
-                    size_bytes: usable / (1 << 20) * (1 << 20),
+                    size_bytes: usable_bytes(info.size_bytes),
                 }
             }
         } else if let Some(e) = &v.empty_disk {

@@ -4,23 +4,20 @@
 //! VM boots the new version, a running one keeps its disk), keep-N collection, a registry outage,
 //! a tampered blob, and http imports (qcow2 converted, a checksum mismatch, progress).
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use kiln_tests::guest_dir;
-use kiln_tests::image_server::{ImageServer, Served};
 use kiln_tests::kube::{ok, Cluster};
 
-use super::BOOT;
+use super::{golden_transfers, BOOT};
 
-const NS: &str = "golden";
+pub(super) const NS: &str = "golden";
 /// The registry as the host pushes to it, and as pods pull from it.
 const PUSH: &str = "127.0.0.1:5000";
 const PULL: &str = "kiln-registry.kube-system.svc:5000";
 /// An import of the 64 MiB guest, or a failure, to show in the status.
-const IMPORT: Duration = Duration::from_secs(240);
+pub(super) const IMPORT: Duration = Duration::from_secs(240);
 
 /// Pushes Kiln's guest root filesystem carrying `/etc/kiln-image-version` = `version` to
 /// `repo:latest` as a containerDisk (one uncompressed layer, the disk under /disk/).
@@ -193,52 +190,16 @@ fn wait_boot_version(c: &Cluster, vm: &str, version: &str) {
     c.wait_console(NS, vm, &format!("KILN_IMAGE_VERSION={version} on"), BOOT);
 }
 
-/// A pod that mounts claim `claim` at /data and runs `script`; its log.
-fn inspect_claim(c: &Cluster, name: &str, claim: &str, script: &str) -> String {
-    let pod = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: main
-    image: kiln.local/busybox:dev
-    imagePullPolicy: IfNotPresent
-    command: ["/bin/sh", "-c", {script:?}]
-    volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]
-"#
-    );
-    c.apply(NS, &pod);
-    c.wait(&format!("pod {name} ends"), BOOT, || {
-        let phase = c.field(NS, &format!("pod/{name}"), "{.status.phase}");
-        (phase == "Succeeded" || phase == "Failed").then_some(())
-    });
-    c.kubectl(&["logs", "-n", NS, name])
-}
-
-fn dv_phase(c: &Cluster, dv: &str) -> String {
+pub(super) fn dv_phase(c: &Cluster, dv: &str) -> String {
     c.field(NS, &format!("dv/{dv}"), "{.status.phase}")
 }
 
-fn ready_message(c: &Cluster, dv: &str) -> String {
+pub(super) fn ready_message(c: &Cluster, dv: &str) -> String {
     c.field(
         NS,
         &format!("dv/{dv}"),
         "{.status.conditions[?(@.type=='Ready')].message}",
     )
-}
-
-fn sha256_of(path: &Path) -> String {
-    let out = ok(
-        &Command::new("sha256sum").arg(path).output().unwrap(),
-        "sha256sum",
-    );
-    out.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// CDI manifests with what Kiln lacks are refused at admission, naming it.
@@ -468,7 +429,8 @@ pub fn golden_images(c: &Cluster) {
 
     registry_outage(c, &third);
     tampered_blob(c);
-    http_imports(c);
+    golden_transfers::http_imports(c);
+    golden_transfers::clone_across_namespaces(c, "golden-guest");
 }
 
 /// The registry stops: the cron reports it and backs off, an import retries with back-off, the
@@ -596,100 +558,4 @@ spec:
     let why = ready_message(c, "tampered");
     assert!(why.to_lowercase().contains("digest"), "{why}");
     assert_eq!(c.field(NS, "dv/tampered", "{.status.restartCount}"), "0");
-}
-
-/// http: a qcow2 image arrives raw and extended to the claim; a wrong checksum fails and leaves
-/// no disk; a slow transfer shows its progress.
-fn http_imports(c: &Cluster) {
-    let fixtures = kiln_tests::workspace_root().join("controller/importer/tests/data");
-    let qcow2 = std::fs::read(fixtures.join("pattern.qcow2")).unwrap();
-    let qcow2_sum = sha256_of(&fixtures.join("pattern.qcow2"));
-    let big: Vec<u8> = (0..160u32 << 20).map(|i| (i % 251) as u8).collect();
-    let files = HashMap::from([
-        (
-            "pattern.qcow2".to_string(),
-            Served {
-                bytes: qcow2,
-                rate: None,
-            },
-        ),
-        (
-            "slow.img".to_string(),
-            Served {
-                bytes: big,
-                rate: Some(8 << 20),
-            },
-        ),
-    ]);
-    let server = ImageServer::start(files);
-    let node_ip = c.kubectl(&[
-        "get",
-        "nodes",
-        "-o",
-        "jsonpath={.items[0].status.addresses[?(@.type=='InternalIP')].address}",
-    ]);
-    let base = format!("http://{}:{}", node_ip.trim(), server.port);
-    let dv = |name: &str, file: &str, checksum: &str, size: &str| {
-        format!(
-            r#"apiVersion: cdi.kiln.dev/v1beta1
-kind: DataVolume
-metadata: {{name: {name}}}
-spec:
-  source: {{http: {{url: "{base}/{file}"{checksum}}}}}
-  storage: {{resources: {{requests: {{storage: {size}}}}}}}
-"#
-        )
-    };
-    c.apply(
-        NS,
-        &dv(
-            "from-qcow2",
-            "pattern.qcow2",
-            &format!(", checksum: \"sha256:{qcow2_sum}\""),
-            "64Mi",
-        ),
-    );
-    c.apply(
-        NS,
-        &dv(
-            "bad-checksum",
-            "pattern.qcow2",
-            &format!(", checksum: \"sha256:{}\"", "0".repeat(64)),
-            "64Mi",
-        ),
-    );
-    c.apply(NS, &dv("slow", "slow.img", "", "256Mi"));
-    // Progress while the 160 MiB arrive at 8 MiB/s.
-    let seen = c.wait("a progress between 0% and 100%", IMPORT, || {
-        let p = c.field(NS, "dv/slow", "{.status.progress}");
-        let v: f64 = p.trim_end_matches('%').parse().unwrap_or(0.0);
-        (v > 0.0 && v < 100.0).then_some(p)
-    });
-    eprintln!("golden-images: dv/slow progress {seen}");
-    c.wait_field(NS, "dv/from-qcow2", "{.status.phase}", "Succeeded", IMPORT);
-    // The raw disk: the pattern's 4 MiB (sha256 of tests/data's raw image), then zeros up to
-    // the claim minus the filesystem overhead.
-    let log = inspect_claim(
-        c,
-        "inspect-qcow2",
-        "from-qcow2",
-        "stat -c %s /data/disk.img; head -c 4194304 /data/disk.img | sha256sum",
-    );
-    let capacity = (64u64 << 20) - (64u64 << 20) * 55 / 1000;
-    assert!(log.contains(&capacity.to_string()), "{log}");
-    assert!(
-        log.contains("0a859c323abf86945f8a3c6deeadb18562b15caef0ef59a7ff8f7c66f10206e2"),
-        "{log}"
-    );
-    c.wait_field(NS, "dv/bad-checksum", "{.status.phase}", "Failed", IMPORT);
-    let why = ready_message(c, "bad-checksum");
-    assert!(why.contains("checksum mismatch"), "{why}");
-    let left = inspect_claim(c, "inspect-bad", "bad-checksum", "ls -a /data");
-    assert!(
-        !left.contains("disk.img"),
-        "a failed import leaves no disk: {left}"
-    );
-    c.wait_field(NS, "dv/slow", "{.status.phase}", "Succeeded", IMPORT);
-    assert_eq!(c.field(NS, "dv/slow", "{.status.progress}"), "100.0%");
-    drop(server);
 }

@@ -11,6 +11,7 @@
 mod chaos;
 mod examples;
 mod golden_images;
+mod golden_transfers;
 mod lifecycle;
 mod network;
 mod security;
@@ -85,6 +86,22 @@ pub fn launcher_pods(c: &Cluster, ns: &str, uid: &str) -> Vec<String> {
 
 /// Runs `script` in a busybox pod `name` to its end; its log (stdout and stderr).
 pub fn busybox(c: &Cluster, ns: &str, name: &str, script: &str) -> String {
+    busybox_with_claim(c, ns, name, script, None)
+}
+
+/// [`busybox`] with claim `claim` mounted at /data, if given.
+pub fn busybox_with_claim(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    script: &str,
+    claim: Option<&str>,
+) -> String {
+    let data = claim.map_or_else(String::new, |claim| {
+        format!(
+            "    volumeMounts: [{{name: data, mountPath: /data}}]\n  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]\n"
+        )
+    });
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -96,7 +113,7 @@ spec:
     image: kiln.local/busybox:dev
     imagePullPolicy: IfNotPresent
     command: ["/bin/sh", "-c", {script:?}]
-"#
+{data}"#
     );
     c.apply(ns, &pod);
     // Scripts bound their own waits (wget and nc timeouts, retries); this only catches a hang.

@@ -174,7 +174,8 @@ pub struct HttpSource {
     pub secret_extra_headers: Option<Vec<String>>,
 }
 
-/// Another claim to copy (in this namespace: Kiln does not clone across namespaces).
+/// Another claim to copy; from another namespace when its RBAC grants this namespace's default
+/// service account create on datavolumes/source there.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcSource {

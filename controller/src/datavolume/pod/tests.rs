@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn images() -> Images {
+pub(crate) fn images() -> Images {
     Images {
         launcher: "kiln.local/kiln-launcher:0.1.0".into(),
         launcher_pull_policy: "IfNotPresent".into(),
