@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::{EnvVar, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kiln_crd::cdi::DataVolume;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
 
+use super::delete_pod;
 use super::pod::{
     importer_container, importer_pod, label_value, Job, Storage, CLONE_TOKEN_ENV, COMPONENT_LABEL,
     SOURCE_AT,
@@ -204,7 +205,7 @@ pub async fn ensure(dv: &DataVolume, ctx: &Context, src: &CloneSource) -> Result
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Failed" | "Succeeded")) {
         // Ended (deadline, eviction): a new one serves the next attempt.
-        delete(&pods, &name).await?;
+        delete_pod(&pods, &name).await?;
         return Ok(Served::Waiting(format!(
             "{}/{name} ended; restarting it",
             src.namespace
@@ -219,14 +220,6 @@ pub async fn ensure(dv: &DataVolume, ctx: &Context, src: &CloneSource) -> Result
     })
 }
 
-async fn delete(pods: &Api<Pod>, name: &str) -> Result<()> {
-    match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Ends `dv`'s clone-source pods wherever they run, then drops the finalizer.
 pub async fn remove(dv: &DataVolume, ctx: &Context) -> Result<()> {
     if !dv.finalizers().iter().any(|f| f == FINALIZER) {
@@ -236,7 +229,7 @@ pub async fn remove(dv: &DataVolume, ctx: &Context) -> Result<()> {
     let selector = format!("{TARGET_UID_LABEL}={}", dv.uid().unwrap_or_default());
     for p in all.list(&ListParams::default().labels(&selector)).await? {
         let ns = p.namespace().unwrap_or_default();
-        delete(&Api::namespaced(ctx.client.clone(), &ns), &p.name_any()).await?;
+        delete_pod(&Api::namespaced(ctx.client.clone(), &ns), &p.name_any()).await?;
     }
     let dvs: Api<DataVolume> =
         Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());

@@ -198,7 +198,7 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
             DataVolumePhase::ImportInProgress,
         )
     };
-    let pod_name = pod::pod_name(&name, &job);
+    let pod_name = pod::pod_name(&name, job.is_clone());
     let Some(p) = pods.get_opt(&pod_name).await? else {
         let rendered = pod::render(dv, &job, &target, &ctx.images);
         match pods.create(&PostParams::default(), &rendered).await {
@@ -349,23 +349,19 @@ pub fn parse_progress(metrics: &str) -> Option<String> {
 
 /// Deletes the DataVolume's importer and clone pods, if any.
 async fn remove_pods(pods: &Api<Pod>, dv: &str) -> Result<()> {
-    for job in [
-        Job::Blank,
-        Job::Clone {
-            claim: String::new(),
-            block: false,
-        },
-    ] {
-        match pods
-            .delete(&pod::pod_name(dv, &job), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    for clone in [false, true] {
+        delete_pod(pods, &pod::pod_name(dv, clone)).await?;
     }
     Ok(())
+}
+
+/// Deletes pod `name`; one already gone is no error.
+pub(super) async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Writes the status `found` describes (if it changed), with an event on a phase change;

@@ -112,12 +112,8 @@ pub struct TargetClaim {
 }
 
 /// `importer-<dv>` (CDI's name) for imports, `clone-<dv>` for clones, cut to a DNS label.
-pub fn pod_name(dv: &str, job: &Job) -> String {
-    let prefix = if job.is_clone() {
-        "clone-"
-    } else {
-        "importer-"
-    };
+pub fn pod_name(dv: &str, clone: bool) -> String {
+    let prefix = if clone { "clone-" } else { "importer-" };
     let mut name: String = format!("{prefix}{dv}").chars().take(63).collect();
     while name.ends_with(['-', '.']) {
         name.pop();
@@ -190,7 +186,7 @@ pub fn render(dv: &DataVolume, job: &Job, target: &TargetClaim, images: &Images)
         (DATA_VOLUME_LABEL.to_string(), label_value(&dv.name_any())),
     ]);
     let metadata = ObjectMeta {
-        name: Some(pod_name(&dv.name_any(), job)),
+        name: Some(pod_name(&dv.name_any(), job.is_clone())),
         namespace: dv.namespace(),
         labels: Some(labels),
         owner_references: dv.controller_owner_ref(&()).map(|r| vec![r]),

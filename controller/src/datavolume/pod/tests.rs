@@ -132,7 +132,7 @@ fn http_imports_carry_their_checksum_and_names_fit_a_label() {
     assert!(a
         .windows(2)
         .any(|w| w[0] == "--checksum" && w[1].starts_with("sha256:")));
-    let long = pod_name(&"d".repeat(80), &job);
+    let long = pod_name(&"d".repeat(80), job.is_clone());
     assert!(long.len() <= 63 && long.starts_with("importer-"));
 }
 
