@@ -1,13 +1,14 @@
 //! The golden-image controllers side by side: DataVolumes (owning their claims and importer
 //! pods, woken by the DataSources and DataVolumes they wait for and by the clone-source pods
-//! serving them from other namespaces), DataSources (woken by their
-//! claims and DataVolumes) and DataImportCrons (woken by their imports).
+//! serving them from other namespaces), DataSources (woken by their claims and DataVolumes),
+//! DataImportCrons (woken by their imports) and the Kiln object (woken by the crons it owns).
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kiln_crd::cdi::{DataImportCron, DataSource, DataVolume};
+use kiln_crd::kiln::Kiln;
 use kube::api::Api;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -18,7 +19,7 @@ use tracing::warn;
 use crate::context::Context;
 use crate::datavolume::clone_source;
 use crate::datavolume::pod::{COMPONENT_LABEL, DATA_VOLUME_LABEL, IMPORTER_COMPONENT};
-use crate::{dataimportcron, datasource, datavolume};
+use crate::{boot_images, dataimportcron, datasource, datavolume};
 
 /// DataVolumes in `ns` waiting on DataSource `name` (sourceRef).
 fn waiting_on_source(dvs: &Store<DataVolume>, ns: &str, name: &str) -> Vec<ObjectRef<DataVolume>> {
@@ -70,6 +71,14 @@ fn sources_at(store: &Store<DataSource>, ns: &str, claim: &str) -> Vec<ObjectRef
 }
 
 pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
+    // Right after an install the Kiln CRD may not be served yet: a few tries.
+    for attempt in 1..=5 {
+        match boot_images::ensure_kiln(&client).await {
+            Ok(()) => break,
+            Err(e) => warn!("the default Kiln object (attempt {attempt} of 5): {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     let importer_pods =
         watcher::Config::default().labels(&format!("{COMPONENT_LABEL}={IMPORTER_COMPONENT}"));
     let dv_claims = watcher::Config::default().labels(DATA_VOLUME_LABEL);
@@ -143,13 +152,32 @@ pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
             .get(dataimportcron::CRON_LABEL)
             .map(|cron| ObjectRef::<DataImportCron>::new(cron).within(&ns))
     })
-    .with_config(cfg)
-    .run(dataimportcron::reconcile, dataimportcron::error_policy, ctx)
+    .with_config(cfg.clone())
+    .run(
+        dataimportcron::reconcile,
+        dataimportcron::error_policy,
+        ctx.clone(),
+    )
     .for_each(|r| {
         if let Err(e) = r {
             warn!("DataImportCron controller: {e}");
         }
         futures::future::ready(())
     });
-    tokio::join!(dvs, sources, crons);
+
+    let boot_crons = watcher::Config::default().labels(boot_images::BOOT_IMAGE_LABEL);
+    let kilns = Controller::new(Api::<Kiln>::all(client.clone()), watcher::Config::default())
+        // Not `owns`: kube-runtime would look the cluster-scoped owner up in the cron's namespace.
+        .watches(Api::<DataImportCron>::all(client), boot_crons, |_| {
+            Some(ObjectRef::<Kiln>::new(kiln_crd::kiln::KILN_NAME))
+        })
+        .with_config(cfg)
+        .run(boot_images::reconcile, boot_images::error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                warn!("Kiln controller: {e}");
+            }
+            futures::future::ready(())
+        });
+    tokio::join!(dvs, sources, crons, kilns);
 }

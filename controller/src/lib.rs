@@ -3,6 +3,7 @@
 //! become claims filled by importer pods; the launcher channel, metrics and leader election
 //! beside them; and the `kubectl kiln` plugin's commands.
 
+pub mod boot_images;
 pub mod context;
 pub mod dataimportcron;
 pub mod datasource;

@@ -15,15 +15,15 @@ LOCAL_PATH_VERSION=v0.0.30
 PROVISIONER_IMAGE=kiln.local/local-path-provisioner:$LOCAL_PATH_VERSION
 BUSYBOX_IMAGE=kiln.local/busybox:dev
 
-# pack ROOTFS NAME ENTRYPOINT_JSON OUT: one reproducible layer of ROOTFS as the OCI archive OUT;
-# removes ROOTFS and prints OUT.
+# pack ROOTFS NAME ENTRYPOINT_JSON OUT [gzip]: one reproducible layer of ROOTFS as the OCI
+# archive OUT (gzip-compressed when asked); removes ROOTFS and prints OUT.
 pack() {
-  local rootfs=$1 name=$2 entrypoint=$3 out=$4 layer
+  local rootfs=$1 name=$2 entrypoint=$3 out=$4 compress=${5:-} layer
   mkdir -p "$(dirname "$out")"
   layer=$(mktemp)
   chmod 755 "$rootfs"
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$layer" .
-  "$here/oci-image.sh" "$layer" "$name" "$entrypoint" "$out.tmp"
+  "$here/oci-image.sh" "$layer" "$name" "$entrypoint" "$out.tmp" "$compress"
   mv "$out.tmp" "$out"
   rm -rf "$layer" "$rootfs"
   echo "$out"
@@ -226,6 +226,38 @@ kiln_guest_disk_image() {
   mkdir -p "$work/disk"
   cp --sparse=always "$KILN_GUEST/rootfs.ext4" "$work/disk/rootfs.img"
   pack "$work" "kiln.local/containerdisks/kiln-guest:latest" '["/bin/false"]' "$out"
+}
+
+# kiln_debian_disk_image: the Debian 12 golden image (resources/guest/debian) as a containerDisk,
+# kiln.local/containerdisks/debian:12, its layer gzip-compressed (1 GiB of filesystem, ~0.4 GiB
+# used). Rebuilt only when the archive's image changes (keyed by the image's folder).
+kiln_debian_disk_image() {
+  local root disk key out work
+  root=$(cd "$here/../.." && pwd)
+  disk=$("$root/resources/guest/debian/build.sh") || die "the Debian image did not build"
+  key=$(basename "$disk")
+  out=$state/images/debian-disk-$key.tar
+  [[ -f "$out" ]] && { echo "$out"; return; }
+  rm -f "$state"/images/debian-disk-*.tar
+  work=$(mktemp -d)
+  mkdir -p "$work/disk"
+  cp --sparse=always "$disk/debian.ext4" "$work/disk/debian.img"
+  pack "$work" "kiln.local/containerdisks/debian:12" '["/bin/false"]' "$out" gzip
+}
+
+# ssh_client_image: Debian's OpenSSH client with its libraries, kiln.local/openssh-client:dev,
+# for the tests that log in to guests from a pod.
+ssh_client_image() {
+  local out=$state/images/openssh-client.tar work
+  command -v ssh >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y \
+    --no-install-recommends openssh-client >&2
+  work=$(mktemp -d)
+  mkdir -p "$work/usr/bin" "$work/etc" "$work/root" "$work/tmp"
+  cp "$(command -v ssh)" "$work/usr/bin/ssh"
+  with_libs "$work/usr/bin/ssh" "$work"
+  echo 'root:x:0:0:root:/root:/bin/false' > "$work/etc/passwd"
+  echo 'root:x:0:' > "$work/etc/group"
+  pack "$work" "kiln.local/openssh-client:dev" '["/usr/bin/ssh"]' "$out"
 }
 
 # kiln_guest_kernel_image: Kiln's guest kernels for firmware.kernelBoot.container:

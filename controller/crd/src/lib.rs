@@ -6,6 +6,7 @@
 pub mod cdi;
 pub mod conditions;
 pub mod domain;
+pub mod kiln;
 pub mod launch;
 pub mod machine;
 pub mod names;
@@ -36,6 +37,7 @@ pub fn all_crds(
         cdi::DataVolume::crd(),
         cdi::DataSource::crd(),
         cdi::DataImportCron::crd(),
+        kiln::Kiln::crd(),
     ]
 }
 

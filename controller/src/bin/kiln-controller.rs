@@ -40,6 +40,14 @@ struct Cli {
     /// insecureRegistries: DataVolume imports and DataImportCron digests.
     #[arg(long, env = "KILN_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// The registry the common boot images are imported from (host:port; the Kiln object's
+    /// enableCommonBootImageImport).
+    #[arg(
+        long,
+        env = "KILN_IMAGE_REGISTRY",
+        default_value = "kiln-registry.kube-system.svc:5000"
+    )]
+    image_registry: String,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -96,6 +104,7 @@ fn main() -> ExitCode {
             importer: cli.importer_image,
             importer_pull_policy: cli.importer_pull_policy,
             insecure_registries: cli.insecure_registries,
+            image_registry: cli.image_registry,
         },
         metrics_addr: cli.metrics_addr,
         leader_election: !cli.no_leader_election,

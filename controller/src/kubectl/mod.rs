@@ -9,7 +9,9 @@ pub mod lifecycle;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Pod;
+use kiln_crd::cdi::DataSource;
 use kiln_crd::conditions::{self, kind};
+use kiln_crd::kiln::{Kiln, DEFAULT_BOOT_IMAGE_NAMESPACE, KILN_NAME};
 use kiln_crd::{VirtualMachine, VirtualMachineInstance, VmiPhase};
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
@@ -43,7 +45,8 @@ pub enum CreateKind {
     /// A VM whose root disk is its own clone of a DataSource (a golden image).
     Vm {
         name: String,
-        /// The DataSource to clone: NAME (this namespace) or NAMESPACE/NAME.
+        /// The DataSource to clone: NAME (this namespace, else the common boot images') or
+        /// NAMESPACE/NAME.
         #[arg(long)]
         datasource: String,
         /// The clone's size (default: the source's).
@@ -104,6 +107,31 @@ pub enum Command {
     },
 }
 
+/// A bare DataSource NAME is this namespace's; when it has none of that name but the common
+/// boot images (the Kiln object's namespace, kiln-os-images by default) do, theirs: so
+/// `--datasource debian` is the one-click create. NAMESPACE/NAME is taken as it is.
+async fn resolve_datasource(client: &Client, ns: &str, datasource: &str) -> String {
+    if datasource.contains('/') {
+        return datasource.to_string();
+    }
+    let here: Api<DataSource> = Api::namespaced(client.clone(), ns);
+    if !matches!(here.get_opt(datasource).await, Ok(None)) {
+        return datasource.to_string();
+    }
+    let images_ns = match Api::<Kiln>::all(client.clone()).get_opt(KILN_NAME).await {
+        Ok(Some(k)) => k.spec.boot_image_namespace().to_string(),
+        _ => DEFAULT_BOOT_IMAGE_NAMESPACE.to_string(),
+    };
+    let common: Api<DataSource> = Api::namespaced(client.clone(), &images_ns);
+    match common.get_opt(datasource).await {
+        Ok(Some(_)) if images_ns != ns => {
+            eprintln!("DataSource {datasource}: the common boot image in {images_ns}");
+            format!("{images_ns}/{datasource}")
+        }
+        _ => datasource.to_string(),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<(), String> {
     let client = Client::try_default()
         .await
@@ -145,6 +173,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 }
                 None => None,
             };
+            let datasource = &resolve_datasource(&client, &ns, datasource).await;
             let vm = create::vm(&create::CreateVm {
                 name,
                 datasource,

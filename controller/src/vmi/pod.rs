@@ -80,6 +80,8 @@ pub struct Images {
     pub importer_pull_policy: String,
     /// Registries the importer and the DataImportCrons reach over plain http (host:port).
     pub insecure_registries: Vec<String>,
+    /// The registry holding the common boot images (host:port), as pods reach it.
+    pub image_registry: String,
 }
 
 /// The pod and the launch description of `vmi`.

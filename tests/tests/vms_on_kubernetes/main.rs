@@ -5,9 +5,11 @@
 //! (run strategies, reboots, kills, deleted pods, pause, start/stop/restart, the controller
 //! killed mid-reconcile) and the pod network's probes. Networking (issue 12) with real traffic
 //! between guests, pods and Services. Golden images (issue 13): DataImportCrons, DataSources and
-//! DataVolumes against the cluster's registry and an http server. The parts run side by side in
+//! DataVolumes against the cluster's registry and an http server; the common boot images (the
+//! Kiln object's gate) and a Debian VM reached by SSH. The parts run side by side in
 //! their own namespaces, at most a few Linux guests booting at once.
 
+mod boot_images;
 mod chaos;
 mod examples;
 mod golden_images;
@@ -150,7 +152,7 @@ fn virtual_machines_on_kubernetes() {
     let c = Cluster::up("kiln-vms");
     install(&c);
     type Part = fn(&Cluster);
-    let parts: [(&str, Part); 11] = [
+    let parts: [(&str, Part); 12] = [
         ("refused", security::refused_specs),
         ("security", security::only_the_controller_reaches_a_launcher),
         ("run-strategies", lifecycle::run_strategies),
@@ -162,6 +164,7 @@ fn virtual_machines_on_kubernetes() {
         ("liveness", network::failing_liveness_restarts),
         ("bridge", network::bridge_binding),
         ("golden-images", golden_images::golden_images),
+        ("boot-images", boot_images::common_boot_images),
     ];
     // All parts at once; their Linux guests take boot slots (Cluster::boots), so that a
     // few boot at a time instead of fifteen on two emulating cores.

@@ -9,6 +9,7 @@ pub(crate) fn images() -> Images {
         importer: "kiln.local/kiln-importer:0.1.0".into(),
         importer_pull_policy: "IfNotPresent".into(),
         insecure_registries: vec!["kiln-registry.kube-system.svc:5000".into()],
+        image_registry: "reg.local:5000".into(),
     }
 }
 

@@ -9,6 +9,7 @@ fn images() -> Images {
         importer: "kiln.local/kiln-importer:0.1.0".into(),
         importer_pull_policy: "IfNotPresent".into(),
         insecure_registries: vec![],
+        image_registry: "reg.local:5000".into(),
     }
 }
 
