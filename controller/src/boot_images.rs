@@ -37,7 +37,7 @@ const RESYNC: Duration = Duration::from_secs(600);
 pub async fn reconcile(kiln: Arc<Kiln>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("kiln");
     let r = reconcile_kiln(&kiln, &ctx).await;
-    ctx.settle(kiln.as_ref(), &timer, r)
+    ctx.settle(kiln.as_ref(), &timer, r).await
 }
 
 pub fn error_policy(kiln: Arc<Kiln>, _e: &Error, ctx: Arc<Context>) -> Action {

@@ -164,9 +164,11 @@ impl Context {
         backoff_after(n)
     }
 
-    /// The end of a reconcile of `obj`: a success starts its back-off over, a failure is
-    /// counted in the metrics and logged.
-    pub fn settle<K: Resource<DynamicType = ()>>(
+    /// The end of a reconcile of `obj`: a success starts its back-off over; a failure is
+    /// counted in the metrics and logged, and the first of a run of failures is a Warning event
+    /// on the object (`kubectl describe` shows it), unless it is a write conflict (retried at
+    /// once, nothing for the user to do).
+    pub async fn settle<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
         timer: &ReconcileTimer<'_>,
@@ -181,6 +183,20 @@ impl Context {
             Err(e) => {
                 timer.failed();
                 warn!("{}: {e}", backoff_key(obj));
+                let first = self
+                    .failures
+                    .lock()
+                    .is_ok_and(|f| !f.contains_key(&backoff_key(obj)));
+                let conflict = matches!(e, Error::Kube(kube::Error::Api(a)) if a.code == 409);
+                if first && !conflict {
+                    self.event(
+                        obj,
+                        true,
+                        "ReconcileError",
+                        format!("{e} (retried with back-off)"),
+                    )
+                    .await;
+                }
             }
         }
         r

@@ -19,7 +19,7 @@ use crate::context::{Context, Error, Result};
 pub async fn reconcile(ds: Arc<DataSource>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("datasource");
     let r = reconcile_ds(&ds, &ctx).await;
-    ctx.settle(ds.as_ref(), &timer, r)
+    ctx.settle(ds.as_ref(), &timer, r).await
 }
 
 pub fn error_policy(ds: Arc<DataSource>, _e: &Error, ctx: Arc<Context>) -> Action {

@@ -109,7 +109,7 @@ coredns_image() {
 # kiln_build: the release binaries Kiln's images pack, built once per call (cargo skips what is
 # up to date): kiln-vmm, kiln-launcher, kiln-controller, kubectl-kiln, kiln-importer, and kiln-disk-copy linked
 # statically as kiln-disk-copy-static (it runs inside containerDisk images, which have no
-# libraries). Sets KILN_BIN to their folder and KILN_GUEST to the guest build's. Given
+# libraries), kiln-nocloud as kiln-nocloud-static (inside the Debian image). Sets KILN_BIN to their folder and KILN_GUEST to the guest build's. Given
 # $KILN_BIN (a folder already holding them, as the test suite passes) nothing is built;
 # $KILN_GUEST_DIR names the guest; $KILN_VMM, when set, is the kiln-vmm packed.
 KILN_BIN=${KILN_BIN:-} KILN_GUEST=${KILN_GUEST_DIR:-}
@@ -234,7 +234,8 @@ kiln_guest_disk_image() {
 kiln_debian_disk_image() {
   local root disk key out work
   root=$(cd "$here/../.." && pwd)
-  disk=$("$root/resources/guest/debian/build.sh") || die "the Debian image did not build"
+  disk=$(KILN_NOCLOUD=$KILN_BIN/kiln-nocloud-static "$root/resources/guest/debian/build.sh") ||
+    die "the Debian image did not build"
   key=$(basename "$disk")
   out=$state/images/debian-disk-$key.tar
   [[ -f "$out" ]] && { echo "$out"; return; }

@@ -39,7 +39,7 @@ pub const TRIGGER_ANNOTATION: &str = "cdi.kiln.dev/trigger-import";
 pub async fn reconcile(dic: Arc<DataImportCron>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("dataimportcron");
     let r = reconcile_dic(&dic, &ctx).await;
-    ctx.settle(dic.as_ref(), &timer, r)
+    ctx.settle(dic.as_ref(), &timer, r).await
 }
 
 pub fn error_policy(dic: Arc<DataImportCron>, _e: &Error, ctx: Arc<Context>) -> Action {

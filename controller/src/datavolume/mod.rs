@@ -44,7 +44,7 @@ enum Planned {
 pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("datavolume");
     let r = reconcile_dv(&dv, &ctx).await;
-    ctx.settle(dv.as_ref(), &timer, r)
+    ctx.settle(dv.as_ref(), &timer, r).await
 }
 
 pub fn error_policy(dv: Arc<DataVolume>, _e: &Error, ctx: Arc<Context>) -> Action {

@@ -35,7 +35,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         Ok(_) => Ok(Action::await_change()),
         Err(e) => Err(e.into()),
     };
-    ctx.settle(vm.as_ref(), &timer, r)
+    ctx.settle(vm.as_ref(), &timer, r).await
 }
 
 /// Retries a failed reconcile with an exponential back-off per VM.

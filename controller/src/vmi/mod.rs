@@ -37,7 +37,7 @@ pub const PAUSED_ANNOTATION: &str = "kiln.dev/paused";
 pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx.metrics.reconcile("vmi");
     let r = reconcile_vmi(&vmi, &ctx).await;
-    ctx.settle(vmi.as_ref(), &timer, r)
+    ctx.settle(vmi.as_ref(), &timer, r).await
 }
 
 /// Retries a failed reconcile with an exponential back-off per VMI.

@@ -61,7 +61,7 @@ assemble() { # BASE_DIR NOCLOUD_BINARY OUT_DIR VERSION
   tar --numeric-owner --xattrs -C "$root" -xf "$base/rootfs.tar"
   cp -a "$here/rootfs/." "$root/"
   ln -sf /bin/busybox "$root/sbin/init"
-  install -D -m 755 "$nocloud" "$root/usr/lib/kiln/kiln-nocloud"
+  install -D -m 755 -s "$nocloud" "$root/usr/lib/kiln/kiln-nocloud"
   ln -sf /bin/busybox "$root/usr/lib/kiln/login"
   # The root filesystem is the whole disk (Kiln's kernel adds root=/dev/vda).
   echo '/dev/vda / ext4 defaults,errors=remount-ro 0 1' > "$root/etc/fstab"
@@ -87,11 +87,16 @@ if [[ $force -eq 1 || ! -f "$base/rootfs.tar" ]]; then
   bootstrap "$base"
 fi
 
-log "building kiln-nocloud (static)"
-target=${CARGO_TARGET_DIR:-$root_dir/target}
-(cd "$root_dir" && CARGO_TARGET_DIR=$target RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release --quiet -p kiln-nocloud --target x86_64-unknown-linux-gnu) >&2
-nocloud=$target/x86_64-unknown-linux-gnu/release/kiln-nocloud
+# $KILN_NOCLOUD: a static kiln-nocloud already built (resources/lib/static-disk-copy.sh makes
+# it; the cluster's load-images passes it, since a cargo build of its own could wait forever on
+# the build folder of the cargo test that called it). Else built here.
+nocloud=${KILN_NOCLOUD:-}
+if [[ -z "$nocloud" ]]; then
+  log "building kiln-nocloud (static)"
+  "$root_dir/resources/lib/static-disk-copy.sh" "${CARGO_TARGET_DIR:-$root_dir/target}" >&2
+  nocloud=${CARGO_TARGET_DIR:-$root_dir/target}/release/kiln-nocloud-static
+fi
+[[ -x "$nocloud" ]] || { log "no kiln-nocloud at $nocloud"; exit 1; }
 
 version="debian-12 $(cat "$base/debian_version") $(date -u -d "$release" +%Y%m%d)"
 key=$( { echo "$base_key $SIZE $version"; declare -f assemble; sha256sum "$nocloud" | cut -d' ' -f1;

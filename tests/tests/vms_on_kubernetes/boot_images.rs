@@ -44,7 +44,7 @@ spec:
 pub fn common_boot_images(c: &Cluster) {
     // The controller made the Kiln object with its defaults, and the crons it owns.
     c.wait_field(
-        "",
+        "default",
         "kiln/kiln",
         "{.status.dataImportCronTemplates[1].name}",
         "debian",
@@ -74,7 +74,7 @@ pub fn common_boot_images(c: &Cluster) {
         IMPORT,
     );
     c.wait_field(
-        "",
+        "default",
         "kiln/kiln",
         "{.status.conditions[?(@.type=='CommonBootImagesReady')].status}",
         "True",
@@ -161,16 +161,10 @@ pub fn common_boot_images(c: &Cluster) {
         assert!(out.contains(needle), "{needle:?} over SSH:\n{out}");
     }
 
-    // The gate off: the crons, their DataSources and imports go; the VM keeps its disk.
-    c.kubectl(&[
-        "patch",
-        "kiln",
-        "kiln",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"featureGates":{"enableCommonBootImageImport":false}}}"#,
-    ]);
+    // The gate off (the example): the crons, their DataSources and imports go; the VM keeps
+    // its disk.
+    let off = kiln_tests::workspace_root().join("resources/examples/kiln/boot-images-off.yaml");
+    c.kubectl(&["apply", "-f", &off.display().to_string()]);
     c.wait(
         "the boot images' crons and DataSources removed",
         Duration::from_secs(120),
@@ -188,7 +182,7 @@ pub fn common_boot_images(c: &Cluster) {
     );
     assert_eq!(
         c.field(
-            "",
+            "default",
             "kiln/kiln",
             "{.status.conditions[?(@.type=='CommonBootImagesReady')].reason}"
         ),
