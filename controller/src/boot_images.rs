@@ -15,15 +15,13 @@ use kiln_crd::kiln::{
     BootImageStatus, CommonBootImage, Kiln, KilnStatus, COMMON_BOOT_IMAGES, KILN_NAME,
 };
 use kiln_crd::names::FIELD_MANAGER;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::info;
 
-use crate::context::{Context, Error, Result};
+use crate::context::{create_unless_exists, managed_by_kiln, Context, Error, Result};
 
 /// On each DataImportCron the Kiln object manages: the boot image it imports.
 pub const BOOT_IMAGE_LABEL: &str = "kiln.dev/common-boot-image";
@@ -224,14 +222,10 @@ pub async fn ensure_kiln(client: &kube::Client) -> Result<()> {
         "metadata": {"name": KILN_NAME},
         "spec": {},
     }))?;
-    match raw.create(&PostParams::default(), &default).await {
-        Ok(_) => {
-            info!("created the Kiln object {KILN_NAME} with its defaults");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+    if create_unless_exists(&raw, &default).await? {
+        info!("created the Kiln object {KILN_NAME} with its defaults");
     }
+    Ok(())
 }
 
 async fn ensure_namespace(ctx: &Context, ns: &str) -> Result<()> {
@@ -242,22 +236,13 @@ async fn ensure_namespace(ctx: &Context, ns: &str) -> Result<()> {
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(ns.into()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "kiln-controller".to_string(),
-                )]
-                .into(),
-            ),
+            labels: Some(managed_by_kiln()),
             ..Default::default()
         },
         ..Default::default()
     };
-    match api.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    create_unless_exists(&api, &namespace).await?;
+    Ok(())
 }
 
 /// Every authenticated user may see the boot images and clone them into their namespaces
@@ -267,13 +252,7 @@ async fn ensure_view_binding(ctx: &Context, ns: &str) -> Result<()> {
         metadata: ObjectMeta {
             name: Some(OS_IMAGES_VIEW_ROLE.into()),
             namespace: Some(ns.into()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "kiln-controller".to_string(),
-                )]
-                .into(),
-            ),
+            labels: Some(managed_by_kiln()),
             ..Default::default()
         },
         role_ref: RoleRef {

@@ -108,6 +108,27 @@ where
     }
 }
 
+/// Creates `obj`; one that exists already (409) is left as it is. True when this call made it.
+pub async fn create_unless_exists<K>(api: &Api<K>, obj: &K) -> Result<bool>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The label on what the controller makes for the cluster (service accounts, namespaces, ...).
+pub fn managed_by_kiln() -> std::collections::BTreeMap<String, String> {
+    [(
+        "app.kubernetes.io/managed-by".to_string(),
+        "kiln-controller".to_string(),
+    )]
+    .into()
+}
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
@@ -236,23 +257,13 @@ impl Context {
         let sa = ServiceAccount {
             metadata: kube::api::ObjectMeta {
                 name: Some(LAUNCHER_SERVICE_ACCOUNT.into()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "kiln-controller".to_string(),
-                    )]
-                    .into(),
-                ),
+                labels: Some(managed_by_kiln()),
                 ..Default::default()
             },
             automount_service_account_token: Some(false),
             ..Default::default()
         };
-        match api.create(&PostParams::default(), &sa).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_unless_exists(&api, &sa).await?;
         if let Ok(mut a) = self.accounts.lock() {
             a.insert(namespace.to_string());
         }
