@@ -57,6 +57,11 @@ pub fn schedule_for(uid: &str) -> String {
     format!("{minute} */12 * * *")
 }
 
+/// Where `image` is pulled from: `docker://<registry>/<repository>`.
+pub fn image_url(registry: &str, image: &CommonBootImage) -> String {
+    format!("docker://{registry}/{}", image.repository)
+}
+
 /// The DataImportCron for `image`, as the body of a server-side apply. Its imports and
 /// DataSource go with it (retentionPolicy None), so switching the gate off removes them.
 pub fn cron_body(kiln: &Kiln, image: &CommonBootImage, registry: &str, ns: &str) -> Value {
@@ -80,7 +85,7 @@ pub fn cron_body(kiln: &Kiln, image: &CommonBootImage, registry: &str, ns: &str)
             "garbageCollect": "Outdated",
             "retentionPolicy": "None",
             "template": {"spec": {
-                "source": {"registry": {"url": format!("docker://{registry}/{}", image.repository)}},
+                "source": {"registry": {"url": image_url(registry, image)}},
                 "storage": {"resources": {"requests": {"storage": image.size}}},
             }},
         },
@@ -158,10 +163,7 @@ async fn reconcile_kiln(kiln: &Kiln, ctx: &Context) -> Result<Action> {
             status.data_import_cron_templates.push(BootImageStatus {
                 name: image.name.into(),
                 namespace: ns.clone(),
-                url: body["spec"]["template"]["spec"]["source"]["registry"]["url"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .into(),
+                url: image_url(&ctx.images.image_registry, image),
             });
         }
         ready = if behind.is_empty() {
