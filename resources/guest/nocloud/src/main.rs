@@ -44,6 +44,15 @@ fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, Error> {
     r.map_err(|e| Error::Io(what.into(), e))
 }
 
+/// Sets `path`'s mode.
+fn chmod(path: impl AsRef<Path>, mode: u32) -> Result<(), Error> {
+    let path = path.as_ref();
+    io(
+        format!("chmod {:o} {}", mode, path.display()),
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+    )
+}
+
 fn set_hostname(name: &str) -> Result<(), Error> {
     let short = name.split('.').next().unwrap_or(name);
     // SAFETY: the pointer and length describe `short`'s bytes, which outlive the call.
@@ -150,10 +159,7 @@ fn ensure_user(user: &User) -> Result<(), Error> {
             .collect();
         let path = format!("/etc/sudoers.d/90-kiln-{}", user.name);
         io(&path, fs::write(&path, text))?;
-        io(
-            &path,
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o440)),
-        )?;
+        chmod(&path, 0o440)?;
     }
     if !user.ssh_authorized_keys.is_empty() {
         let home = PathBuf::from(if user.name == "root" {
@@ -178,14 +184,8 @@ fn ensure_user(user: &User) -> Result<(), Error> {
             format!("writing {}", keys.display()),
             fs::write(&keys, text),
         )?;
-        io(
-            "chmod",
-            fs::set_permissions(&ssh, fs::Permissions::from_mode(0o700)),
-        )?;
-        io(
-            "chmod",
-            fs::set_permissions(&keys, fs::Permissions::from_mode(0o600)),
-        )?;
+        chmod(&ssh, 0o700)?;
+        chmod(&keys, 0o600)?;
         let owner = format!("{0}:{0}", user.name);
         run("/bin/chown", &["-R", &owner, &ssh.display().to_string()])?;
         say(&format!(
@@ -224,10 +224,7 @@ fn write_file(f: &config::WriteFile) -> Result<(), Error> {
             .open(path),
     )?;
     io(format!("writing {}", f.path), file.write_all(&bytes))?;
-    io(
-        "chmod",
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)),
-    )?;
+    chmod(path, mode)?;
     if let Some(owner) = &f.owner {
         run("/bin/chown", &[owner, &f.path])?;
     }
@@ -322,10 +319,7 @@ fn apply(seed: &Path) -> Result<(), Error> {
             ensure_user(&default_user(&[]))?;
             let path = PathBuf::from(STATE).join("user-script");
             io("writing the user-data script", fs::write(&path, s))?;
-            io(
-                "chmod",
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755)),
-            )?;
+            chmod(&path, 0o755)?;
             run(&path.display().to_string(), &[])?;
             say("ran the user-data script");
         }
