@@ -25,6 +25,9 @@ target=${CARGO_TARGET_DIR:-$root/target}
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --workspace
+# The dev cluster's CSI driver: kubernetes-csi's sanity suite and its clone tests (they
+# bind-mount and attach loop devices, so as root, as CI runs).
+(cd resources/cluster/csi-hostpath && gofmt -l . | grep . && exit 1; go vet . && go test -count=1 .)
 # Kiln's images pack kiln-disk-copy linked statically (it runs inside containerDisk images).
 resources/lib/static-disk-copy.sh "$target"
 KILN_GUEST_DIR=$guest KILN_VMM=$target/release/kiln-vmm cargo test --release --workspace

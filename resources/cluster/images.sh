@@ -3,6 +3,8 @@
 #   pause_image        registry.k8s.io/pause: Kubernetes' own build/pause/linux/pause.c, static
 #   busybox_image      kiln.local/busybox:dev: Debian's busybox-static, every applet linked
 #   provisioner_image  kiln.local/local-path-provisioner: rancher's, from its Go module
+#   csi_provisioner_image  kiln.local/csi-provisioner: kubernetes-csi's external-provisioner
+#                      sidecar, from its Go module (for the hostpath.csi.kiln.dev driver)
 #   coredns_image      registry.k8s.io/coredns/coredns at the version Kubernetes' own DNS addon
 #                      names, from CoreDNS's Go module
 #   kiln_vmm_image     kiln.local/kiln-vmm: the release kiln-vmm and the libraries it links
@@ -14,6 +16,8 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.10
 LOCAL_PATH_VERSION=v0.0.30
 PROVISIONER_IMAGE=kiln.local/local-path-provisioner:$LOCAL_PATH_VERSION
 BUSYBOX_IMAGE=kiln.local/busybox:dev
+CSI_PROVISIONER_VERSION=v5.3.0
+CSI_PROVISIONER_IMAGE=kiln.local/csi-provisioner:$CSI_PROVISIONER_VERSION
 
 # pack ROOTFS NAME ENTRYPOINT_JSON OUT [gzip]: one reproducible layer of ROOTFS as the OCI
 # archive OUT (gzip-compressed when asked); removes ROOTFS and prints OUT.
@@ -40,6 +44,28 @@ go_bin() { # go_bin MODULE VERSION BINARY [LDFLAGS]: `go install`s MODULE@VERSIO
     GOBIN="$out.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w $ldflags" \
       "$module@$version" >&2
     rm -rf "$out" && mv "$out.tmp" "$out"
+  fi
+  echo "$out/$bin"
+}
+
+# go_module_bin MODULE VERSION PACKAGE BINARY [LDFLAGS]: builds PACKAGE (a folder in MODULE) in
+# a copy of MODULE@VERSION's source with its own go.mod and replace directives, once; prints it.
+# For modules whose commands `go install m@v` refuses (the proxy lists no versions of some).
+go_module_bin() {
+  command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
+  local module=$1 version=$2 package=$3 bin=$4 ldflags=${5:-} key out src work
+  key=$( { echo "$module@$version $package $ldflags"; go version; } | sha256sum | cut -c1-12)
+  out="$(cache_root)/$bin-$version-$key"
+  if [[ ! -x "$out/$bin" ]]; then
+    log "building $module@$version/$package"
+    src=$(cd / && go mod download -json "$module@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    [[ -d "$src" ]] || die "cannot fetch $module@$version"
+    work=$(mktemp -d)
+    cp -r "$src/." "$work" && chmod -R u+w "$work"
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    (cd "$work" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "-s -w $ldflags" \
+      -o "$out.tmp/$bin" "./$package") >&2
+    rm -rf "$work" "$out" && mv "$out.tmp" "$out"
   fi
   echo "$out/$bin"
 }
@@ -91,6 +117,28 @@ provisioner_image() {
   mkdir -p "$work/usr/bin" "$work/tmp"
   cp "$bin" "$work/usr/bin/"
   pack "$work" "$PROVISIONER_IMAGE" '["/usr/bin/local-path-provisioner"]' "$out"
+}
+
+csi_provisioner_image() {
+  local out=$state/images/csi-provisioner-$CSI_PROVISIONER_VERSION.tar work bin
+  [[ -f "$out" ]] && { echo "$out"; return; }
+  bin=$(go_module_bin github.com/kubernetes-csi/external-provisioner/v5 \
+    "$CSI_PROVISIONER_VERSION" cmd/csi-provisioner csi-provisioner \
+    "-X main.version=$CSI_PROVISIONER_VERSION")
+  work=$(mktemp -d)
+  mkdir -p "$work/tmp"
+  cp "$bin" "$work/csi-provisioner"
+  pack "$work" "$CSI_PROVISIONER_IMAGE" '["/csi-provisioner"]' "$out"
+}
+
+# csi_provisioner_rbac: the external-provisioner's own RBAC manifest (its service account,
+# ClusterRole and bindings), from its module.
+csi_provisioner_rbac() {
+  local src
+  src=$(cd / && go mod download -json "github.com/kubernetes-csi/external-provisioner/v5@$CSI_PROVISIONER_VERSION" |
+    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [[ -f "$src/deploy/kubernetes/rbac.yaml" ]] || die "no rbac.yaml in external-provisioner@$CSI_PROVISIONER_VERSION"
+  echo "$src/deploy/kubernetes/rbac.yaml"
 }
 
 coredns_image() {
