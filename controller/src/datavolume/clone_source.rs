@@ -30,7 +30,8 @@ pub const CLONE_SOURCE_COMPONENT: &str = "kiln-clone-source";
 pub const TARGET_UID_LABEL: &str = "cdi.kiln.dev/clone-target-uid";
 pub const TARGET_NAMESPACE_LABEL: &str = "cdi.kiln.dev/clone-target-namespace";
 pub const TARGET_NAME_LABEL: &str = "cdi.kiln.dev/clone-target";
-/// Held by a DataVolume while its clone-source pod may exist.
+/// Held by a DataVolume while its clone-source pod, or a CSI clone's temporary claim or volume
+/// in another namespace, may exist.
 pub const FINALIZER: &str = "cdi.kiln.dev/clone-source";
 pub const SERVE_PORT: u16 = 8444;
 
@@ -220,11 +221,13 @@ pub async fn ensure(dv: &DataVolume, ctx: &Context, src: &CloneSource) -> Result
     })
 }
 
-/// Ends `dv`'s clone-source pods wherever they run, then drops the finalizer.
+/// Ends `dv`'s clone-source pods wherever they run and removes what a CSI clone across
+/// namespaces left, then drops the finalizer.
 pub async fn remove(dv: &DataVolume, ctx: &Context) -> Result<()> {
     if !dv.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
+    super::csi_clone::remove(ctx, &dv.uid().unwrap_or_default()).await?;
     let all: Api<Pod> = Api::all(ctx.client.clone());
     let selector = format!("{TARGET_UID_LABEL}={}", dv.uid().unwrap_or_default());
     for p in all.list(&ListParams::default().labels(&selector)).await? {

@@ -4,6 +4,7 @@
 //! and retries with back-off (restartCount) when a pod fails for a reason that may pass.
 
 pub mod clone_source;
+pub mod csi_clone;
 pub mod pod;
 pub mod source;
 
@@ -34,11 +35,15 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_secs(10);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 /// How often a clone across namespaces that RBAC refused is checked again.
 const UNAUTHORIZED_RECHECK: Duration = Duration::from_secs(30);
+/// How often a CSI clone across namespaces is looked at (its claim there wakes nothing here).
+const CROSS_NAMESPACE_RECHECK: Duration = Duration::from_secs(2);
 
-/// Where the job runs: a pod here, or also a clone-source pod in the source's namespace.
+/// Where the job runs: a pod here, or also a clone-source pod in the source's namespace; or no
+/// pod: the CSI driver clones.
 enum Planned {
     Here(Job),
     Remote(clone_source::CloneSource),
+    Csi(csi_clone::CsiClone),
 }
 
 pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action> {
@@ -125,6 +130,7 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     let (planned, source_size) = match source::resolve(dv, ctx).await? {
         Resolved::Job(job, size) => (Planned::Here(job), size),
         Resolved::Remote(src, size) => (Planned::Remote(src), size),
+        Resolved::Csi(src, size) => (Planned::Csi(src), size),
         Resolved::Unauthorized(message) => {
             let found = Found::new(DataVolumePhase::Pending, &old, "CloneUnauthorized", message);
             return finish(dv, ctx, claim.as_ref(), found, Some(UNAUTHORIZED_RECHECK)).await;
@@ -152,6 +158,46 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
         );
         return finish(dv, ctx, claim.as_ref(), found, None).await;
     };
+    if let Planned::Csi(src) = &planned {
+        if let Some(smaller) = source_size.filter(|s| *s > size) {
+            let why = format!(
+                "the claim asked for ({size} bytes) is smaller than its source {}/{} ({smaller} bytes)",
+                src.namespace, src.claim
+            );
+            let found = Found::new(DataVolumePhase::Failed, &old, "TargetTooSmall", why);
+            return finish(dv, ctx, claim.as_ref(), found, None).await;
+        }
+        let progress = csi_clone::advance(dv, ctx, src, &storage, size, claim.as_ref()).await?;
+        let claim = claims.get_opt(&name).await?;
+        return match progress {
+            csi_clone::Progress::Done => {
+                let mut found =
+                    Found::new(DataVolumePhase::Succeeded, &old, "Completed", String::new());
+                found.ready = Condition::new(kind::READY, true, "", "");
+                found.progress = Some("100.0%".into());
+                let action = finish(dv, ctx, claim.as_ref(), found, None).await?;
+                let note = format!(
+                    "Successfully cloned {}/{} into PVC {name} (CSI clone)",
+                    src.namespace, src.claim
+                );
+                ctx.event(dv, false, "CloneSucceeded", note).await;
+                clone_source::remove(dv, ctx).await?;
+                Ok(action)
+            }
+            csi_clone::Progress::Waiting(message) => {
+                let mut found = Found::new(
+                    DataVolumePhase::CSICloneInProgress,
+                    &old,
+                    "CSIClone",
+                    message,
+                );
+                found.progress = Some("N/A".into());
+                // The DataVolume's own claim wakes it; what is in another namespace does not.
+                let again = (src.namespace != ns).then_some(CROSS_NAMESPACE_RECHECK);
+                finish(dv, ctx, claim.as_ref(), found, again).await
+            }
+        };
+    }
     let claim = match claim {
         Some(c) => c,
         None => {
@@ -173,6 +219,7 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
     };
     let job = match planned {
         Planned::Here(job) => job,
+        Planned::Csi(_) => return Ok(Action::await_change()),
         Planned::Remote(src) => match clone_source::ensure(dv, ctx, &src).await? {
             clone_source::Served::Ready(job) => job,
             clone_source::Served::Waiting(message) => {

@@ -1,6 +1,6 @@
 //! Where a DataVolume's data comes from, resolved against the cluster: a registry or http
-//! import, a blank disk, or a clone of a claim (named directly or through a DataSource), and
-//! the claim the DataVolume fills.
+//! import, a blank disk, or a clone of a claim (named directly or through a DataSource; by the
+//! CSI driver or host-assisted), and the claim the DataVolume fills.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +17,7 @@ use kube::api::Api;
 use kube::{Resource, ResourceExt};
 
 use super::clone_source::CloneSource;
+use super::csi_clone::{self, CsiClone};
 use super::pod::{label_value, Job, DATA_VOLUME_LABEL};
 use crate::context::{Context, Result};
 
@@ -25,6 +26,8 @@ pub enum Resolved {
     Job(Job, Option<u64>),
     /// A clone of a claim in another namespace, and its size.
     Remote(CloneSource, Option<u64>),
+    /// A clone the CSI driver makes (either namespace), and the source's size.
+    Csi(CsiClone, Option<u64>),
     /// A clone across namespaces that RBAC does not allow (yet): checked again periodically.
     Unauthorized(String),
     /// Not yet (reason, message): a DataSource or source claim that is not ready.
@@ -137,6 +140,14 @@ async fn clone_of(dv: &DataVolume, ctx: &Context, claim_ns: &str, claim: &str) -
         .and_then(|r| r.get("storage"))
         .and_then(|q| parse_bytes(&q.0).ok());
     let block = spec.volume_mode.as_deref() == Some("Block");
+    if let Some(class) = csi_clone::class_for(ctx, dv, &spec).await? {
+        let src = CsiClone {
+            namespace: claim_ns.to_string(),
+            claim: claim.to_string(),
+            class,
+        };
+        return Ok(Resolved::Csi(src, size));
+    }
     if claim_ns != ns {
         let src = CloneSource {
             namespace: claim_ns.to_string(),

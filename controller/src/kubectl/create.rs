@@ -11,6 +11,9 @@ pub struct CreateVm<'a> {
     pub datasource: &'a str,
     /// The clone's size (default: the source's).
     pub size: Option<&'a str>,
+    /// The clone's StorageClass (default: the cluster's; the source's class makes a CSI clone
+    /// where that class supports it).
+    pub storage_class: Option<&'a str>,
     pub memory: &'a str,
     pub cpus: u32,
     pub user_data: Option<&'a str>,
@@ -38,7 +41,10 @@ pub fn vm(c: &CreateVm) -> Result<VirtualMachine, String> {
     }
     let mut storage = serde_json::json!({});
     if let Some(size) = c.size {
-        storage = serde_json::json!({"resources": {"requests": {"storage": size}}});
+        storage["resources"] = serde_json::json!({"requests": {"storage": size}});
+    }
+    if let Some(class) = c.storage_class {
+        storage["storageClassName"] = class.into();
     }
     let mut disks = vec![serde_json::json!({"name": "root", "disk": {"bus": "virtio"}})];
     let mut volumes = vec![serde_json::json!({"name": "root", "dataVolume": {"name": root}})];
@@ -81,6 +87,7 @@ mod tests {
             name: "web",
             datasource: "kiln-os-images/debian",
             size: Some("2Gi"),
+            storage_class: Some("kiln-csi-hostpath"),
             memory: "1Gi",
             cpus: 2,
             user_data: Some("#cloud-config\nhostname: web\n"),
@@ -95,6 +102,10 @@ mod tests {
         assert_eq!((r.kind.as_str(), r.name.as_str()), ("DataSource", "debian"));
         assert_eq!(r.namespace.as_deref(), Some("kiln-os-images"));
         assert_eq!(t.spec.storage().size().map(|q| q.0.as_str()), Some("2Gi"));
+        assert_eq!(
+            t.spec.storage().storage_class_name.as_deref(),
+            Some("kiln-csi-hostpath")
+        );
         let vols = &vm.spec.template.spec.volumes;
         assert_eq!(vols[0].data_volume.as_ref().unwrap().name, "web-root");
         let ud = vols[1]
@@ -112,6 +123,7 @@ mod tests {
             name: "x",
             datasource: "/debian",
             size: None,
+            storage_class: None,
             memory: "512Mi",
             cpus: 1,
             user_data: None,

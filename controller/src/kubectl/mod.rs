@@ -52,6 +52,10 @@ pub enum CreateKind {
         /// The clone's size (default: the source's).
         #[arg(long)]
         size: Option<String>,
+        /// The clone's StorageClass (default: the cluster's). The source's class makes it a CSI
+        /// clone where that class supports one (kiln-csi-hostpath in the dev cluster).
+        #[arg(long)]
+        storage_class: Option<String>,
         #[arg(long, default_value = "512Mi")]
         memory: String,
         #[arg(long, default_value_t = 1)]
@@ -161,6 +165,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                     ref name,
                     ref datasource,
                     ref size,
+                    ref storage_class,
                     ref memory,
                     cpus,
                     ref cloud_init_user_data,
@@ -178,6 +183,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 name,
                 datasource,
                 size: size.as_deref(),
+                storage_class: storage_class.as_deref(),
                 memory,
                 cpus,
                 user_data: user_data.as_deref(),

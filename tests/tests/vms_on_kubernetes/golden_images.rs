@@ -431,6 +431,7 @@ pub fn golden_images(c: &Cluster) {
     tampered_blob(c);
     golden_transfers::http_imports(c);
     golden_transfers::clone_across_namespaces(c, "golden-guest");
+    golden_transfers::csi_clones(c, &source_claim(c));
 }
 
 /// The registry stops: the cron reports it and backs off, an import retries with back-off, the

@@ -1,6 +1,7 @@
 //! Golden images moving between places: http imports (qcow2 converted to raw, a checksum
-//! mismatch, progress during a slow transfer) and clones of a DataSource into another namespace
-//! (refused until RBAC allows it, then streamed by a clone-source pod that ends with the clone).
+//! mismatch, progress during a slow transfer), clones of a DataSource into another namespace
+//! (refused until RBAC allows it, then streamed by a clone-source pod that ends with the clone),
+//! and CSI clones by the dev cluster's hostpath.csi.kiln.dev driver.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -230,4 +231,163 @@ subjects: [{{kind: Group, apiGroup: rbac.authorization.k8s.io, name: "system:ser
         "zeros after the image: {clone_log}"
     );
     c.kubectl(&["delete", "-n", &other, "dv/from-golden", "--timeout=60s"]);
+}
+
+/// A DataVolume of StorageClass `class` cloning claim `src_ns`/`src`, in `ns`.
+fn clone_dv(name: &str, src_ns: &str, src: &str, class: &str, mode: &str) -> String {
+    format!(
+        r#"apiVersion: cdi.kiln.dev/v1beta1
+kind: DataVolume
+metadata: {{name: {name}}}
+spec:
+  source: {{pvc: {{namespace: {src_ns}, name: {src}}}}}
+  storage: {{storageClassName: {class}, volumeMode: {mode}, resources: {{requests: {{storage: 256Mi}}}}}}
+"#
+    )
+}
+
+/// Where the hostpath.csi.kiln.dev driver keeps claim `ns`/`claim`'s disk on this host.
+fn csi_disk(c: &Cluster, ns: &str, claim: &str, block: bool) -> std::path::PathBuf {
+    let pv = c.field(ns, &format!("pvc/{claim}"), "{.spec.volumeName}");
+    assert_eq!(
+        c.field("", &format!("pv/{pv}"), "{.spec.csi.driver}"),
+        CSI_DRIVER,
+        "{ns}/{claim}'s volume {pv}"
+    );
+    let dir = c.dir.join("csi-volumes").join(&pv);
+    if block {
+        dir.join("disk.img")
+    } else {
+        dir.join("data/disk.img")
+    }
+}
+
+/// The events of `ns` that name `dv`, as "reason: message" lines.
+fn events_of(c: &Cluster, ns: &str, dv: &str) -> String {
+    c.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={dv}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])
+}
+
+const CSI_CLASS: &str = "kiln-csi-hostpath";
+const CSI_DRIVER: &str = "hostpath.csi.kiln.dev";
+
+/// CSI clones: the golden claim (local-path) is copied host-assisted into the CSI driver's
+/// class in both volume modes; from there a clone in the same namespace and one into another
+/// namespace (its volume handed over from a temporary claim) are the driver's own copies, with
+/// no clone pod, the same bytes, and their volumes deleted with them. Runs after
+/// [`clone_across_namespaces`], whose RoleBinding lets `golden-elsewhere` clone from NS.
+pub(super) fn csi_clones(c: &Cluster, golden_claim: &str) {
+    let other = "golden-elsewhere";
+    for (name, mode) in [("csi-golden", "Filesystem"), ("csi-golden-block", "Block")] {
+        c.apply(NS, &clone_dv(name, NS, golden_claim, CSI_CLASS, mode));
+    }
+    for name in ["csi-golden", "csi-golden-block"] {
+        c.wait_field(
+            NS,
+            &format!("dv/{name}"),
+            "{.status.phase}",
+            "Succeeded",
+            IMPORT * 2,
+        );
+        let events = events_of(c, NS, name);
+        assert!(
+            events.contains("CloneSucceeded") && !events.contains("(CSI clone)"),
+            "across classes the copy is host-assisted:\n{events}"
+        );
+    }
+    let golden_fs = csi_disk(c, NS, "csi-golden", false);
+    let golden_block = csi_disk(c, NS, "csi-golden-block", true);
+    let size = std::fs::metadata(&golden_fs).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 0, "{golden_fs:?}");
+
+    c.apply(
+        NS,
+        &clone_dv("csi-same", NS, "csi-golden", CSI_CLASS, "Filesystem"),
+    );
+    c.apply(
+        other,
+        &clone_dv(
+            "csi-other-block",
+            NS,
+            "csi-golden-block",
+            CSI_CLASS,
+            "Block",
+        ),
+    );
+    for (ns, name) in [(NS, "csi-same"), (other, "csi-other-block")] {
+        c.wait_field(
+            ns,
+            &format!("dv/{name}"),
+            "{.status.phase}",
+            "Succeeded",
+            IMPORT,
+        );
+        let events = events_of(c, ns, name);
+        assert!(
+            events.contains("CSICloneInProgress") && events.contains("(CSI clone)"),
+            "{ns}/{name}:\n{events}"
+        );
+        assert!(
+            !events.contains("CloneScheduled"),
+            "a CSI clone runs no clone pod: {ns}/{name}:\n{events}"
+        );
+    }
+    assert_eq!(
+        c.field(NS, "pvc/csi-same", "{.spec.dataSource.name}"),
+        "csi-golden"
+    );
+    assert_eq!(
+        sha256_of(&csi_disk(c, NS, "csi-same", false)),
+        sha256_of(&golden_fs)
+    );
+    // The block clone is the source's image grown to 256Mi with zeros.
+    let block = csi_disk(c, other, "csi-other-block", true);
+    assert_eq!(
+        std::fs::metadata(&block).map(|m| m.len()).ok(),
+        Some(256 << 20)
+    );
+    assert_eq!(sha256_of(&block), sha256_of(&golden_block));
+    // The handover left nothing behind: no temporary claim, the volume's own reclaim policy,
+    // no finalizer on the DataVolume.
+    let temporary = c.kubectl(&[
+        "get",
+        "pvc",
+        "-n",
+        NS,
+        "-l",
+        "cdi.kiln.dev/csi-clone-for",
+        "-o",
+        "name",
+    ]);
+    assert!(temporary.trim().is_empty(), "{temporary}");
+    let pv = c.field(other, "pvc/csi-other-block", "{.spec.volumeName}");
+    assert_eq!(
+        c.field(
+            "",
+            &format!("pv/{pv}"),
+            "{.spec.persistentVolumeReclaimPolicy}"
+        ),
+        "Delete"
+    );
+    assert_eq!(
+        c.field(other, "dv/csi-other-block", "{.metadata.finalizers}"),
+        ""
+    );
+    // Deleting the DataVolume deletes its claim, then the driver deletes the volume.
+    c.kubectl(&["delete", "-n", other, "dv/csi-other-block", "--timeout=60s"]);
+    let folder = c.dir.join("csi-volumes").join(&pv);
+    c.wait("the handed-over volume deleted", IMPORT, || {
+        (!folder.exists()).then_some(())
+    });
+    for name in ["csi-same", "csi-golden", "csi-golden-block"] {
+        c.kubectl(&["delete", "-n", NS, &format!("dv/{name}"), "--timeout=60s"]);
+    }
 }
