@@ -52,7 +52,7 @@ bootstrap() { # OUT_DIR
   mv "$work" "$1"
 }
 
-# Stage 2: Kiln's boot files and kiln-nocloud on top, then the ext4 image.
+# Stage 2: Kiln's boot files, kiln-nocloud and kiln-ctrl-alt-del on top, then the ext4 image.
 assemble() { # BASE_DIR NOCLOUD_BINARY OUT_DIR VERSION
   local base=$1 nocloud=$2 out=$3 version=$4 work root
   work=$(mktemp -d "$(cache_root)/.debian-image.XXXXXX")
@@ -62,6 +62,11 @@ assemble() { # BASE_DIR NOCLOUD_BINARY OUT_DIR VERSION
   cp -a "$here/rootfs/." "$root/"
   ln -sf /bin/busybox "$root/sbin/init"
   install -D -m 755 -s "$nocloud" "$root/usr/lib/kiln/kiln-nocloud"
+  command -v musl-gcc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y \
+    --no-install-recommends musl-tools >&2
+  musl-gcc -static -Os -Wall -Wextra -Werror -o "$root/usr/lib/kiln/kiln-ctrl-alt-del" \
+    "$here/kiln-ctrl-alt-del.c"
+  strip "$root/usr/lib/kiln/kiln-ctrl-alt-del"
   ln -sf /bin/busybox "$root/usr/lib/kiln/login"
   # The root filesystem is the whole disk (Kiln's kernel adds root=/dev/vda).
   echo '/dev/vda / ext4 defaults,errors=remount-ro 0 1' > "$root/etc/fstab"
@@ -100,6 +105,7 @@ fi
 
 version="debian-12 $(cat "$base/debian_version") $(date -u -d "$release" +%Y%m%d)"
 key=$( { echo "$base_key $SIZE $version"; declare -f assemble; sha256sum "$nocloud" | cut -d' ' -f1;
+  sha256sum "$here/kiln-ctrl-alt-del.c" | cut -d' ' -f1
   (cd "$here/rootfs" && find . -type f | sort | xargs sha256sum); } | sha256sum | cut -c1-16)
 out="$(cache_root)/debian-12-$key"
 if [[ $force -eq 1 || ! -f "$out/debian.ext4" ]]; then

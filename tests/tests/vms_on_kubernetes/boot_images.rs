@@ -192,5 +192,41 @@ pub fn common_boot_images(c: &Cluster) {
     );
     assert_eq!(c.field(&ns, "dv/deb-root", "{.status.phase}"), "Succeeded");
     assert_eq!(c.field(&ns, "vmi/deb", "{.status.phase}"), "Running");
-    c.kubectl(&["delete", "-n", &ns, "vm/deb", "--wait=false"]);
+    stops_cleanly(c, &ns);
+}
+
+/// Deleting the VM shuts Debian down through its own init (the launcher's Ctrl-Alt-Del, turned
+/// into init's reboot request by kiln-ctrl-alt-del) within its grace period (the default 30 s): rcK
+/// runs, and the launcher never has to stop kiln-vmm itself.
+fn stops_cleanly(c: &Cluster, ns: &str) {
+    let pod = c.launcher_pod(ns, "deb");
+    // The whole log to its end, streamed: the pod and its log are gone soon after.
+    let follow = std::process::Command::new(c.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig())
+        .args(["logs", "-f", "-n", ns, &pod, "-c", "compute", "--since=1s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let started = std::time::Instant::now();
+    c.kubectl(&["delete", "-n", ns, "vm/deb", "--wait=false"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(follow.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(150))
+        .unwrap_or_else(|_| panic!("{ns}/deb still running 150 s after its deletion"))
+        .expect("kubectl logs -f");
+    let log = String::from_utf8_lossy(&out.stdout);
+    eprintln!("debian: stopped in {:.0?}", started.elapsed());
+    assert!(
+        log.contains("KILN_DEBIAN_SHUTDOWN on deb-cloud"),
+        "rcK ran:\n{log}"
+    );
+    assert!(
+        !log.contains("did not shut down within its grace period"),
+        "{log}"
+    );
 }
