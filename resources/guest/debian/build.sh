@@ -105,7 +105,7 @@ fi
 
 version="debian-12 $(cat "$base/debian_version") $(date -u -d "$release" +%Y%m%d)"
 key=$( { echo "$base_key $SIZE $version"; declare -f assemble; sha256sum "$nocloud" | cut -d' ' -f1;
-  sha256sum "$here/kiln-ctrl-alt-del.c" | cut -d' ' -f1
+  cat "$here/kiln-ctrl-alt-del.c" "$here/../init/kiln-keyboard.h" | sha256sum | cut -d' ' -f1
   (cd "$here/rootfs" && find . -type f | sort | xargs sha256sum); } | sha256sum | cut -c1-16)
 out="$(cache_root)/debian-12-$key"
 if [[ $force -eq 1 || ! -f "$out/debian.ext4" ]]; then

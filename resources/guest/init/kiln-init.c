@@ -63,42 +63,17 @@ static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 
 static void on_signal(int sig) { requested = sig; }
 
-/* The kernel's input ABI (linux/input.h; musl ships no kernel headers). */
-struct input_event {
-	struct timeval time;
-	uint16_t type, code;
-	int32_t value;
-};
-#define EV_KEY 1
-#define KEY_LEFTCTRL 29
-#define KEY_LEFTALT 56
-#define KEY_RIGHTCTRL 97
-#define KEY_RIGHTALT 100
-#define KEY_DELETE 111
-#define KEY_MAX 0x2ff
-#define EVIOCGBIT(ev, len) _IOC(_IOC_READ, 'E', 0x20 + (ev), (len))
+#include "kiln-keyboard.h"
 
 static int keyboard = -1;
-static int ctrl_down, alt_down;
+static struct keyboard_state keys;
 
-/* Opens the first event device that has a Delete key and asks for SIGIO when it has input. */
+/* Opens the keyboard's event device and asks for SIGIO when it has input. */
 static void watch_keyboard(void) {
-	char path[32];
-	for (int i = 0; i < 8 && keyboard < 0; i++) {
-		unsigned long keys[KEY_MAX / (8 * sizeof(long)) + 1] = {0};
-		snprintf(path, sizeof(path), "/dev/input/event%d", i);
-		int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		int bits = 8 * sizeof(long);
-		if (ioctl(fd, EVIOCGBIT(EV_KEY, sizeof(keys)), keys) >= 0 &&
-		    (keys[KEY_DELETE / bits] >> (KEY_DELETE % bits)) & 1) {
-			keyboard = fd;
-			fcntl(fd, F_SETOWN, getpid());
-			fcntl(fd, F_SETFL, O_NONBLOCK | O_ASYNC);
-		} else {
-			close(fd);
-		}
+	keyboard = open_keyboard(O_RDONLY | O_NONBLOCK);
+	if (keyboard >= 0) {
+		fcntl(keyboard, F_SETOWN, getpid());
+		fcntl(keyboard, F_SETFL, O_NONBLOCK | O_ASYNC);
 	}
 }
 
@@ -107,27 +82,8 @@ static int ctrl_alt_del_typed(void) {
 	struct input_event ev[16];
 	ssize_t n;
 	int typed = 0;
-	while (keyboard >= 0 && (n = read(keyboard, ev, sizeof(ev))) > 0) {
-		for (size_t i = 0; i < (size_t)n / sizeof(ev[0]); i++) {
-			if (ev[i].type != EV_KEY)
-				continue;
-			int down = ev[i].value != 0;
-			switch (ev[i].code) {
-			case KEY_LEFTCTRL:
-			case KEY_RIGHTCTRL:
-				ctrl_down = down;
-				break;
-			case KEY_LEFTALT:
-			case KEY_RIGHTALT:
-				alt_down = down;
-				break;
-			case KEY_DELETE:
-				if (ev[i].value == 1 && ctrl_down && alt_down)
-					typed = 1;
-				break;
-			}
-		}
-	}
+	while (keyboard >= 0 && (n = read(keyboard, ev, sizeof(ev))) > 0)
+		typed |= ctrl_alt_del_in(&keys, ev, (size_t)n / sizeof(ev[0]));
 	return typed;
 }
 
