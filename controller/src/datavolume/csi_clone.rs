@@ -196,6 +196,18 @@ pub async fn advance(
             }}});
             pvs.patch(&pv_name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
+            return Ok(Progress::Waiting(format!(
+                "releasing volume {pv_name} to PVC {name}"
+            )));
+        }
+        // The claim comes once the PV controller made the volume Available for it: a claim
+        // created while its cache still names the temporary claim would wait for the
+        // controller's periodic resync (15 s) to bind.
+        let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+        if !matches!(phase, Some("Available" | "Bound")) {
+            return Ok(Progress::Waiting(format!(
+                "waiting for volume {pv_name} to be available to PVC {name}"
+            )));
         }
         if let Some(spec) = target.spec.as_mut() {
             spec.volume_name = Some(pv_name.clone());

@@ -232,6 +232,10 @@ func (d *driver) build(id string, v volume) error {
 			err = os.Chmod(filepath.Join(tmp, "data"), 0o777)
 		}
 	}
+	if err == nil && v.Source != "" {
+		// A clone is on disk before it is reported made, as an importer's disk is.
+		err = syncTree(tmp)
+	}
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(v); err == nil {
@@ -259,6 +263,24 @@ func sparseCopy(src, dst string) error {
 		return fmt.Errorf("cp %s: %v: %s", src, err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// syncTree fsyncs every file and folder under root.
+func syncTree(root string) error {
+	return filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !e.IsDir() && !e.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return f.Sync()
+	})
 }
 
 // growTo makes file path at least size bytes long (creating it sparse if missing); a source
