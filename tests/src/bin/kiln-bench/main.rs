@@ -13,6 +13,8 @@
 //!   kiln-bench net [--rounds N] [--mib M] [--connects N]
 //!                                                 TCP through the pod network (masquerade) vs the
 //!                                                 same guest on a TAP; connect latency VM vs pod
+//!   kiln-bench golden [--runs N] [--mib M]        clone time host-assisted vs CSI, and DataSource
+//!                                                 -> VM Running (as root; its own cluster)
 //!
 //! Both use the default guest (resources/guest/build.sh) and the kiln-vmm from `KILN_VMM` or
 //! target/. Runs alternate so that a noisy shared machine affects both sides alike.
@@ -22,6 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod api;
+mod golden;
 mod net;
 mod virtio;
 mod vms;
@@ -369,9 +372,10 @@ fn main() {
         Some("api") => api::bench_api(&args[1..]),
         Some("vms") => vms::bench_vms(&args[1..]),
         Some("net") => net::bench_net(&args[1..]),
+        Some("golden") => golden::bench_golden(&args[1..]),
         _ => {
             eprintln!(
-                "usage: kiln-bench boot|startup|overhead|virtio|api|vms|net [--runs N] ... (see the top of main.rs)"
+                "usage: kiln-bench boot|startup|overhead|virtio|api|vms|net|golden [--runs N] ... (see the top of main.rs)"
             );
             std::process::exit(2);
         }
