@@ -16,12 +16,11 @@ use kiln_crd::cdi::DataVolume;
 use kube::api::{Api, ListParams, PostParams};
 use kube::ResourceExt;
 
-use super::delete_pod;
 use super::pod::{
     importer_container, importer_pod, label_value, Job, Storage, CLONE_TOKEN_ENV, COMPONENT_LABEL,
     SOURCE_AT,
 };
-use crate::context::{add_finalizer, remove_finalizer, Context, Result};
+use crate::context::{add_finalizer, delete_unless_gone, remove_finalizer, Context, Result};
 use crate::vmi::pod::Images;
 
 pub const CLONE_SOURCE_COMPONENT: &str = "kiln-clone-source";
@@ -206,7 +205,7 @@ pub async fn ensure(dv: &DataVolume, ctx: &Context, src: &CloneSource) -> Result
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Failed" | "Succeeded")) {
         // Ended (deadline, eviction): a new one serves the next attempt.
-        delete_pod(&pods, &name).await?;
+        delete_unless_gone(&pods, &name).await?;
         return Ok(Served::Waiting(format!(
             "{}/{name} ended; restarting it",
             src.namespace
@@ -232,7 +231,11 @@ pub async fn remove(dv: &DataVolume, ctx: &Context) -> Result<()> {
     let selector = format!("{TARGET_UID_LABEL}={}", dv.uid().unwrap_or_default());
     for p in all.list(&ListParams::default().labels(&selector)).await? {
         let ns = p.namespace().unwrap_or_default();
-        delete_pod(&Api::namespaced(ctx.client.clone(), &ns), &p.name_any()).await?;
+        delete_unless_gone(
+            &Api::<Pod>::namespaced(ctx.client.clone(), &ns),
+            &p.name_any(),
+        )
+        .await?;
     }
     let dvs: Api<DataVolume> =
         Api::namespaced(ctx.client.clone(), &dv.namespace().unwrap_or_default());

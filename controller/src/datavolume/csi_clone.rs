@@ -6,20 +6,20 @@
 //! ObjectTransfer does: kept (Retain) while unclaimed, bound to the target, then given its
 //! reclaim policy back.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kiln_crd::cdi::storage::StorageSpec;
 use kiln_crd::cdi::DataVolume;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 
 use super::source::claim_for;
-use crate::context::{add_finalizer, Context, Result};
+use crate::context::{
+    add_finalizer, create_unless_exists, delete_unless_gone, managed_by_kiln, Context, Result,
+};
 
 /// On a StorageClass: how claims of it are cloned (`csi-clone`, else a host-assisted copy).
 pub const STRATEGY_ANNOTATION: &str = "cdi.kiln.dev/clone-strategy";
@@ -139,7 +139,7 @@ pub async fn advance(
         if let Some(spec) = target.spec.as_mut() {
             spec.data_source = Some(pvc_source(&src.claim));
         }
-        create(&claims, &target).await?;
+        create_unless_exists(&claims, &target).await?;
         return Ok(Progress::Waiting(format!(
             "CSI clone of {} into PVC {name} scheduled",
             src.claim
@@ -168,14 +168,7 @@ pub async fn advance(
             )));
         };
         keep_for_handover(&pvs, &pv, &uid).await?;
-        match source_claims
-            .delete(&temporary, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_unless_gone(&source_claims, &temporary).await?;
         return Ok(Progress::Waiting(format!(
             "handing volume {pv} over to PVC {name}"
         )));
@@ -212,7 +205,7 @@ pub async fn advance(
         if let Some(spec) = target.spec.as_mut() {
             spec.volume_name = Some(pv_name.clone());
         }
-        create(&claims, &target).await?;
+        create_unless_exists(&claims, &target).await?;
         return Ok(Progress::Waiting(format!(
             "binding volume {pv_name} to PVC {name}"
         )));
@@ -221,17 +214,13 @@ pub async fn advance(
     temp.metadata.name = Some(temporary);
     temp.metadata.namespace = Some(src.namespace.clone());
     temp.metadata.owner_references = None;
-    temp.metadata.labels = Some(BTreeMap::from([
-        (CLONE_FOR_LABEL.to_string(), uid.clone()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "kiln-controller".to_string(),
-        ),
-    ]));
+    let mut labels = managed_by_kiln();
+    labels.insert(CLONE_FOR_LABEL.to_string(), uid.clone());
+    temp.metadata.labels = Some(labels);
     if let Some(spec) = temp.spec.as_mut() {
         spec.data_source = Some(pvc_source(&src.claim));
     }
-    create(&source_claims, &temp).await?;
+    create_unless_exists(&source_claims, &temp).await?;
     Ok(Progress::Waiting(format!(
         "CSI clone of {} scheduled in namespace {}",
         src.claim, src.namespace
@@ -243,15 +232,6 @@ fn pvc_source(claim: &str) -> TypedLocalObjectReference {
         api_group: None,
         kind: "PersistentVolumeClaim".into(),
         name: claim.into(),
-    }
-}
-
-/// Creates `claim`; one that already exists (a reconcile racing another) is no error.
-async fn create(api: &Api<PersistentVolumeClaim>, claim: &PersistentVolumeClaim) -> Result<()> {
-    match api.create(&PostParams::default(), claim).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -303,11 +283,7 @@ pub async fn remove(ctx: &Context, uid: &str) -> Result<()> {
     for c in all.list(&lp).await? {
         let api: Api<PersistentVolumeClaim> =
             Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-        match api.delete(&c.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_unless_gone(&api, &c.name_any()).await?;
     }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     for pv in pvs.list(&lp).await? {
@@ -315,11 +291,7 @@ pub async fn remove(ctx: &Context, uid: &str) -> Result<()> {
         restore_reclaim_policy(&pvs, &name).await?;
         let bound = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
         if !bound {
-            match pvs.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_unless_gone(&pvs, &name).await?;
         }
     }
     Ok(())

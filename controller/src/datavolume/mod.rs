@@ -18,14 +18,14 @@ use k8s_openapi::jiff::Timestamp;
 use kiln_crd::cdi::{kind, DataVolume, DataVolumePhase, DataVolumeStatus};
 use kiln_crd::conditions::{self, Condition};
 use kiln_crd::names::FIELD_MANAGER;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::json;
 
 use self::pod::{Job, TargetClaim, PROGRESS_PORT};
 use self::source::Resolved;
-use crate::context::{Context, Error, Result};
+use crate::context::{delete_unless_gone, Context, Error, Result};
 use crate::vmi::pod::usable_bytes;
 
 /// How often progress is read while a pod runs.
@@ -397,18 +397,9 @@ pub fn parse_progress(metrics: &str) -> Option<String> {
 /// Deletes the DataVolume's importer and clone pods, if any.
 async fn remove_pods(pods: &Api<Pod>, dv: &str) -> Result<()> {
     for clone in [false, true] {
-        delete_pod(pods, &pod::pod_name(dv, clone)).await?;
+        delete_unless_gone(pods, &pod::pod_name(dv, clone)).await?;
     }
     Ok(())
-}
-
-/// Deletes pod `name`; one already gone is no error.
-pub(super) async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<()> {
-    match pods.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Writes the status `found` describes (if it changed), with an event on a phase change;
