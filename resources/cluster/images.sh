@@ -48,6 +48,12 @@ go_bin() { # go_bin MODULE VERSION BINARY [LDFLAGS]: `go install`s MODULE@VERSIO
   echo "$out/$bin"
 }
 
+# module_dir MODULE@VERSION: the module's source folder in Go's module cache (downloaded once).
+module_dir() {
+  command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
+  (cd / && go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+}
+
 # go_module_bin MODULE VERSION PACKAGE BINARY [LDFLAGS]: builds PACKAGE (a folder in MODULE) in
 # a copy of MODULE@VERSION's source with its own go.mod and replace directives, once; prints it.
 # For modules whose commands `go install m@v` refuses (the proxy lists no versions of some).
@@ -58,7 +64,7 @@ go_module_bin() {
   out="$(cache_root)/$bin-$version-$key"
   if [[ ! -x "$out/$bin" ]]; then
     log "building $module@$version/$package"
-    src=$(cd / && go mod download -json "$module@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    src=$(module_dir "$module@$version")
     [[ -d "$src" ]] || die "cannot fetch $module@$version"
     work=$(mktemp -d)
     cp -r "$src/." "$work" && chmod -R u+w "$work"
@@ -76,8 +82,7 @@ K8S_SOURCE=
 k8s_source() {
   command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
   if [[ -z "$K8S_SOURCE" ]]; then
-    K8S_SOURCE=$(cd / && go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" |
-      sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    K8S_SOURCE=$(module_dir "k8s.io/kubernetes@v$K8S_VERSION")
     [[ -d "$K8S_SOURCE" ]] || die "cannot fetch k8s.io/kubernetes@v$K8S_VERSION"
   fi
   echo "$K8S_SOURCE"
@@ -135,8 +140,7 @@ csi_provisioner_image() {
 # ClusterRole and bindings), from its module.
 csi_provisioner_rbac() {
   local src
-  src=$(cd / && go mod download -json "github.com/kubernetes-csi/external-provisioner/v5@$CSI_PROVISIONER_VERSION" |
-    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  src=$(module_dir "github.com/kubernetes-csi/external-provisioner/v5@$CSI_PROVISIONER_VERSION")
   [[ -f "$src/deploy/kubernetes/rbac.yaml" ]] || die "no rbac.yaml in external-provisioner@$CSI_PROVISIONER_VERSION"
   echo "$src/deploy/kubernetes/rbac.yaml"
 }
