@@ -149,7 +149,8 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     );
     assert!(dns.contains("nameserver 10.96.0.10"), "{dns}");
     assert!(
-        dns.contains("kubernetes.default.svc.cluster.local") && dns.contains("Address: 10.96.0.1"),
+        dns.contains("kubernetes.default.svc.cluster.local")
+            && dns.lines().any(|l| l.trim() == "Address: 10.96.0.1"),
         "{dns}"
     );
 
@@ -157,17 +158,37 @@ fn cluster_up_runs_pods_volumes_and_vms_and_down_leaves_nothing() {
     kvm_only_for_pods_that_request_it(&dir);
     kiln_vmm_image_boots_a_guest_in_a_pod(&dir);
 
-    let pids: Vec<i32> = std::fs::read_dir(dir.join("pids"))
+    let mut components: Vec<(String, i32)> = std::fs::read_dir(dir.join("pids"))
         .unwrap()
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+        .filter_map(|e| {
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), pid))
+        })
         .collect();
+    components.sort();
+    let names: Vec<&str> = components.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
-        pids.len(),
-        9,
-        "etcd, registry, apiserver, controller-manager, scheduler, containerd, kubelet, \
-         kube-proxy, kvm device plugin"
+        names,
+        [
+            "containerd",
+            "csi-hostpath",
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-proxy",
+            "kube-scheduler",
+            "kubelet",
+            "kvm-device-plugin",
+            "registry",
+        ],
+        "one pid file per component"
     );
+    let pids: Vec<i32> = components.iter().map(|(_, pid)| *pid).collect();
     // All still running after the second `up` and the workloads.
     for pid in &pids {
         assert!(
