@@ -68,6 +68,10 @@ assemble() { # BASE_DIR NOCLOUD_BINARY OUT_DIR VERSION
     "$here/kiln-ctrl-alt-del.c"
   strip "$root/usr/lib/kiln/kiln-ctrl-alt-del"
   ln -sf /bin/busybox "$root/usr/lib/kiln/login"
+  # The default user is made here, not at first boot: useradd (dynamically linked, PAM) takes
+  # about 30 s in a guest whose kernel is emulated. No password (keys only); kiln-nocloud adds
+  # its keys and sudo rule when the seed asks for the default user, as cloud-init would.
+  chroot "$root" useradd -m -s /bin/bash -G sudo -p '*' debian
   # The root filesystem is the whole disk (Kiln's kernel adds root=/dev/vda).
   echo '/dev/vda / ext4 defaults,errors=remount-ro 0 1' > "$root/etc/fstab"
   echo debian > "$root/etc/hostname"

@@ -140,6 +140,12 @@ pub fn common_boot_images(c: &Cluster) {
     c.wait_field(&ns, "vm/deb", "{.status.printableStatus}", "Running", BOOT);
     let console = c.wait_console(&ns, "deb", "KILN_DEBIAN_READY", 2 * BOOT);
     drop(slot);
+    // Where the boot's time went (guest uptime stamps of rcS and kiln-nocloud), for the log.
+    for line in console.lines().filter(|l| {
+        l.contains("Run /sbin/init") || l.contains("] kiln") || l.contains("KILN_DEBIAN_READY")
+    }) {
+        eprintln!("debian boot: {line}");
+    }
     for needle in [
         "kiln-nocloud: hostname deb-cloud",
         "kiln-nocloud: wrote /var/tmp/kiln-written",

@@ -28,8 +28,12 @@ pub enum Error {
 const DEFAULT_USER: &str = "debian";
 const STATE: &str = "/var/lib/kiln-nocloud";
 
+/// A console line, stamped with the guest's uptime as the kernel stamps its own (boot time
+/// here is spent in steps worth seeing).
 fn say(msg: &str) {
-    println!("kiln-nocloud: {msg}");
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let seconds = uptime.split_whitespace().next().unwrap_or("?");
+    println!("[{seconds:>9}] kiln-nocloud: {msg}");
 }
 
 fn read(seed: &Path, name: &str) -> Result<String, Error> {
@@ -110,11 +114,51 @@ fn run_script(name: &str, lines: &[String]) -> Result<(), Error> {
     run("/bin/sh", &[&path.display().to_string()])
 }
 
+/// The id (third field) of `name` in an /etc/passwd or /etc/group style file.
+fn id_in(file: &str, name: &str) -> Option<u32> {
+    fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let mut fields = l.split(':');
+        (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok())?
+    })
+}
+
 fn user_exists(name: &str) -> bool {
+    id_in("/etc/passwd", name).is_some()
+}
+
+/// Gives `path` to `owner` ("user", "user:group" or "user:"; numeric ids too) in-process:
+/// chown(1) is dynamically linked, and each exec of one costs seconds in this guest.
+fn chown(path: impl AsRef<Path>, owner: &str) -> Result<(), Error> {
+    let path = path.as_ref();
+    let (user, group) = owner.split_once(':').unwrap_or((owner, ""));
+    let lookup = |file: &str, name: &str| {
+        name.parse()
+            .ok()
+            .or_else(|| id_in(file, name))
+            .ok_or_else(|| Error::Seed(format!("owner {owner}: no such {name} in {file}")))
+    };
+    let uid = lookup("/etc/passwd", user)?;
+    let gid = match group {
+        "" if owner.contains(':') => Some(primary_gid(user, uid)?),
+        "" => None,
+        g => Some(lookup("/etc/group", g)?),
+    };
+    io(
+        format!("chown {owner} {}", path.display()),
+        std::os::unix::fs::lchown(path, Some(uid), gid),
+    )
+}
+
+/// The login group of `user` (its /etc/passwd entry's fourth field), as chown's "user:" gives.
+fn primary_gid(user: &str, uid: u32) -> Result<u32, Error> {
     fs::read_to_string("/etc/passwd")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split(':').next() == Some(name))
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && (f[0] == user || f[2] == uid.to_string())).then(|| f[3].parse().ok())?
+        })
+        .ok_or_else(|| Error::Seed(format!("no login group for {user}")))
 }
 
 /// Creates `user` (if new) with its keys, shell and sudo rule.
@@ -186,8 +230,9 @@ fn ensure_user(user: &User) -> Result<(), Error> {
         )?;
         chmod(&ssh, 0o700)?;
         chmod(&keys, 0o600)?;
-        let owner = format!("{0}:{0}", user.name);
-        run("/bin/chown", &["-R", &owner, &ssh.display().to_string()])?;
+        let owner = format!("{}:", user.name);
+        chown(&ssh, &owner)?;
+        chown(&keys, &owner)?;
         say(&format!(
             "{} SSH key(s) for {}",
             user.ssh_authorized_keys.len(),
@@ -226,7 +271,7 @@ fn write_file(f: &config::WriteFile) -> Result<(), Error> {
     io(format!("writing {}", f.path), file.write_all(&bytes))?;
     chmod(path, mode)?;
     if let Some(owner) = &f.owner {
-        run("/bin/chown", &[owner, &f.path])?;
+        chown(path, owner)?;
     }
     say(&format!("wrote {} ({} bytes)", f.path, bytes.len()));
     Ok(())
@@ -336,6 +381,7 @@ fn main() -> ExitCode {
     let seed = std::env::args_os()
         .nth(1)
         .map_or_else(|| PathBuf::from("/run/kiln/seed"), PathBuf::from);
+    say(&format!("applying the seed in {}", seed.display()));
     match apply(&seed) {
         Ok(()) => {
             say("done");
@@ -345,5 +391,30 @@ fn main() -> ExitCode {
             say(&format!("failed: {e}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_by_whole_name() {
+        let dir = std::env::temp_dir().join(format!("kiln-nocloud-ids-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("passwd");
+        fs::write(
+            &file,
+            "root:x:0:0:root:/root:/bin/bash\ndebian2:x:1001:1001::/home/debian2:/bin/bash\n\
+             debian:x:1000:1000::/home/debian:/bin/bash\nbroken\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        assert_eq!(id_in(&file, "debian"), Some(1000));
+        assert_eq!(id_in(&file, "root"), Some(0));
+        assert_eq!(id_in(&file, "debia"), None);
+        assert_eq!(id_in(&file, "broken"), None);
+        assert_eq!(id_in("/nonexistent/passwd", "root"), None);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
