@@ -3,10 +3,11 @@
 //! serving them from other namespaces), DataSources (woken by their claims and DataVolumes),
 //! DataImportCrons (woken by their imports) and the Kiln object (woken by the crons it owns).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kiln_crd::cdi::{DataImportCron, DataSource, DataVolume};
 use kiln_crd::kiln::Kiln;
 use kube::api::Api;
@@ -17,8 +18,8 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use crate::context::Context;
-use crate::datavolume::clone_source;
 use crate::datavolume::pod::{COMPONENT_LABEL, DATA_VOLUME_LABEL, IMPORTER_COMPONENT};
+use crate::datavolume::{clone_source, csi_clone};
 use crate::{boot_images, dataimportcron, datasource, datavolume};
 
 /// DataVolumes in `ns` waiting on DataSource `name` (sourceRef).
@@ -55,6 +56,19 @@ fn cloning(dvs: &Store<DataVolume>, ns: &str, name: &str) -> Vec<ObjectRef<DataV
 }
 
 /// The DataVolume a clone-source pod (in another namespace) serves.
+/// The DataVolume whose CSI clone across namespaces made this claim or volume: its uid is the
+/// label's value (the temporary claim and the handed-over PV are in no namespace of its own).
+fn handed_over_for(
+    dvs: &Store<DataVolume>,
+    labels: &BTreeMap<String, String>,
+) -> Option<ObjectRef<DataVolume>> {
+    let uid = labels.get(csi_clone::CLONE_FOR_LABEL)?;
+    dvs.state()
+        .into_iter()
+        .find(|d| d.metadata.uid.as_deref() == Some(uid.as_str()))
+        .map(|d| ObjectRef::from_obj(&*d))
+}
+
 fn clone_target(pod: Pod) -> Option<ObjectRef<DataVolume>> {
     let ns = pod.labels().get(clone_source::TARGET_NAMESPACE_LABEL)?;
     let name = pod.annotations().get(clone_source::TARGET_NAME_LABEL)?;
@@ -88,6 +102,9 @@ pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
     );
     let dv_store = dv_controller.store();
     let (s1, s2) = (dv_store.clone(), dv_store.clone());
+    let (s3, s4) = (dv_store.clone(), dv_store.clone());
+    // Only the temporary claims and PVs of CSI clones across namespaces carry the label.
+    let handed_over = watcher::Config::default().labels(csi_clone::CLONE_FOR_LABEL);
     let clone_sources = watcher::Config::default().labels(&format!(
         "{COMPONENT_LABEL}={}",
         clone_source::CLONE_SOURCE_COMPONENT
@@ -105,6 +122,16 @@ pub async fn run(client: Client, ctx: Arc<Context>, cfg: ControllerConfig) {
             Api::<DataVolume>::all(client.clone()),
             watcher::Config::default(),
             move |dv| cloning(&s2, &dv.namespace().unwrap_or_default(), &dv.name_any()),
+        )
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            handed_over.clone(),
+            move |pvc| handed_over_for(&s3, pvc.labels()),
+        )
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            handed_over,
+            move |pv| handed_over_for(&s4, pv.labels()),
         )
         .with_config(cfg.clone())
         .run(datavolume::reconcile, datavolume::error_policy, ctx.clone())

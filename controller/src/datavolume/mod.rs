@@ -35,8 +35,6 @@ const FIRST_RETRY_WAIT: Duration = Duration::from_secs(10);
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 /// How often a clone across namespaces that RBAC refused is checked again.
 const UNAUTHORIZED_RECHECK: Duration = Duration::from_secs(30);
-/// How often a CSI clone across namespaces is looked at (its claim there wakes nothing here).
-const CROSS_NAMESPACE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Where the job runs: a pod here, or also a clone-source pod in the source's namespace; or no
 /// pod: the CSI driver clones.
@@ -192,9 +190,9 @@ async fn reconcile_dv(dv: &DataVolume, ctx: &Context) -> Result<Action> {
                     message,
                 );
                 found.progress = Some("N/A".into());
-                // The DataVolume's own claim wakes it; what is in another namespace does not.
-                let again = (src.namespace != ns).then_some(CROSS_NAMESPACE_RECHECK);
-                finish(dv, ctx, claim.as_ref(), found, again).await
+                // Its own claim wakes it, and across namespaces so do the temporary claim and
+                // the handed-over PV (golden.rs watches them by their label).
+                finish(dv, ctx, claim.as_ref(), found, None).await
             }
         };
     }
