@@ -114,12 +114,18 @@ fn run_script(name: &str, lines: &[String]) -> Result<(), Error> {
     run("/bin/sh", &[&path.display().to_string()])
 }
 
+/// Field `want`, a number, of the first entry of an /etc/passwd or /etc/group style file whose
+/// field `key` is `value`.
+fn field_where(file: &str, key: usize, value: &str, want: usize) -> Option<u32> {
+    fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(':').collect();
+        (fields.get(key) == Some(&value)).then(|| fields.get(want)?.parse().ok())?
+    })
+}
+
 /// The id (third field) of `name` in an /etc/passwd or /etc/group style file.
 fn id_in(file: &str, name: &str) -> Option<u32> {
-    fs::read_to_string(file).ok()?.lines().find_map(|l| {
-        let mut fields = l.split(':');
-        (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok())?
-    })
+    field_where(file, 0, name, 2)
 }
 
 fn user_exists(name: &str) -> bool {
@@ -139,7 +145,11 @@ fn chown(path: impl AsRef<Path>, owner: &str) -> Result<(), Error> {
     };
     let uid = lookup("/etc/passwd", user)?;
     let gid = match group {
-        "" if owner.contains(':') => Some(primary_gid(user, uid)?),
+        // "user:" is the user's login group, the fourth field of its /etc/passwd entry.
+        "" if owner.contains(':') => Some(
+            field_where("/etc/passwd", 2, &uid.to_string(), 3)
+                .ok_or_else(|| Error::Seed(format!("owner {owner}: no login group")))?,
+        ),
         "" => None,
         g => Some(lookup("/etc/group", g)?),
     };
@@ -147,18 +157,6 @@ fn chown(path: impl AsRef<Path>, owner: &str) -> Result<(), Error> {
         format!("chown {owner} {}", path.display()),
         std::os::unix::fs::lchown(path, Some(uid), gid),
     )
-}
-
-/// The login group of `user` (its /etc/passwd entry's fourth field), as chown's "user:" gives.
-fn primary_gid(user: &str, uid: u32) -> Result<u32, Error> {
-    fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && (f[0] == user || f[2] == uid.to_string())).then(|| f[3].parse().ok())?
-        })
-        .ok_or_else(|| Error::Seed(format!("no login group for {user}")))
 }
 
 /// Creates `user` (if new) with its keys, shell and sudo rule.
@@ -415,6 +413,9 @@ mod tests {
         assert_eq!(id_in(&file, "debia"), None);
         assert_eq!(id_in(&file, "broken"), None);
         assert_eq!(id_in("/nonexistent/passwd", "root"), None);
+        // A login group, found by uid (chown's "user:").
+        assert_eq!(field_where(&file, 2, "1001", 3), Some(1001));
+        assert_eq!(field_where(&file, 2, "1002", 3), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
