@@ -1,6 +1,8 @@
 //! Kiln device models: legacy platform devices, pseudo devices and virtio-mmio devices, testable
 //! without KVM.
 
+pub mod guest_log;
+pub mod host_file;
 pub mod legacy;
 pub mod pseudo;
 pub mod virtio;

@@ -174,7 +174,7 @@ fn errors_are_clear_and_documented_and_configuration_round_trips() {
         "PUT",
         "/boot-source",
         r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#,
-        "cannot be opened",
+        "cannot open kernel image /nonexistent/vmlinux",
     );
     let a = image(&dir, "a.img", 1 << 20);
     let b = image(&dir, "b.img", 1 << 20);
@@ -200,7 +200,7 @@ fn errors_are_clear_and_documented_and_configuration_round_trips() {
         "PUT",
         "/drives/root",
         &drive("root", &dir.join("missing.img"), true),
-        "cannot be opened",
+        "cannot open drive image",
     );
     assert_eq!(
         api.call("PUT", "/drives/root", Some(&drive("root", &a, true)))

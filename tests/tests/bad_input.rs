@@ -170,12 +170,12 @@ fn bad_virtio_device_options() {
     expect_error(
         &["--kernel", k, "--disk", "/nonexistent/kiln.img"],
         1,
-        "disk image /nonexistent/kiln.img: No such file or directory",
+        "cannot open disk image /nonexistent/kiln.img: No such file or directory",
     );
     expect_error(
         &["--kernel", k, "--disk", "/tmp,ro"],
         1,
-        "is not a regular file or block device",
+        "disk image /tmp is a directory, not a regular file or block device",
     );
     let empty = write(&dir, "empty.img", b"");
     expect_error(
@@ -242,7 +242,7 @@ fn bad_config_files_and_api_flags() {
         ),
         (
             r#"{"boot-source": {"kernel_image_path": "/nonexistent"}}"#,
-            "cannot be opened",
+            "cannot open kernel image /nonexistent",
         ),
         (
             r#"{"vsock": {"guest_cid": 3, "uds_path": "/v"}}"#,

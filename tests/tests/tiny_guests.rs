@@ -50,6 +50,15 @@ fn debug_exit_port_sets_the_exit_status() {
     );
     assert_eq!(code(&mut run), Some(42), "{}", run.transcript());
     assert!(run.stderr().contains("guest powered off (status 42)"));
+    // Review defect (issue 14): 143 passed on would read as "stopped by SIGTERM".
+    let mut run = run_tiny(
+        "debug-exit-143",
+        &tiny_guest::debug_exit(143),
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code(&mut run), Some(5), "{}", run.transcript());
+    assert!(run.stderr().contains("guest powered off (status 143)"));
 }
 
 #[test]
@@ -277,4 +286,192 @@ fn state_readers_wait_for_the_next_change() {
         "{}",
         run.transcript()
     );
+}
+
+/// Review defect (issue 14): a path naming a FIFO blocked kiln-vmm (before boot on the main
+/// thread, after boot on the event loop with the drive's lock held), and it then ignored SIGTERM.
+/// Each such request is now answered 400 at once, and the VMM still stops on SIGTERM.
+#[test]
+fn paths_naming_a_fifo_are_refused_at_once_and_never_block_the_vmm() {
+    let dir = scratch_dir("fifo-paths");
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let kernel = dir.join("tiny.elf");
+    std::fs::write(&kernel, tiny_guest::pvh_elf(tiny_guest::SPIN)).unwrap();
+    let disk = dir.join("data.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+
+    // --cpu-template naming a FIFO: a clear error, at once.
+    let t = Instant::now();
+    let mut run = VmmRun::spawn(
+        &kiln_vmm(),
+        &[
+            "--kernel".into(),
+            kernel.display().to_string(),
+            "--mem".into(),
+            "16".into(),
+            "--serial-out".into(),
+            "none".into(),
+            "--cpu-template".into(),
+            fifo.display().to_string(),
+        ],
+    );
+    let status = run.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.code() == Some(1)),
+        "{}",
+        run.transcript()
+    );
+    assert!(
+        run.stderr().contains("is a FIFO, not a regular file"),
+        "{}",
+        run.transcript()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    let sock = dir.join("api.sock");
+    let args = [
+        "--api-sock".to_string(),
+        sock.display().to_string(),
+        "--serial-out".into(),
+        "none".into(),
+        "--stuck-timeout".into(),
+        "0".into(),
+    ];
+    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
+    let api = ApiClient::new(&sock);
+    api.wait_ready(Duration::from_secs(10));
+    let drive = |path: &std::path::Path| {
+        format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
+            path.display()
+        )
+    };
+    let refused = |method: &str, path: &str, body: &str| {
+        let t = Instant::now();
+        let r = api.request(method, path, Some(body));
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.body);
+        assert!(r.body.contains("is a FIFO"), "{method} {path}: {}", r.body);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{method} {path}: {:?}",
+            t.elapsed()
+        );
+    };
+    refused(
+        "PUT",
+        "/boot-source",
+        &format!(r#"{{"kernel_image_path": "{}"}}"#, fifo.display()),
+    );
+    refused("PUT", "/drives/data", &drive(&fifo));
+    for (path, body) in [
+        (
+            "/boot-source",
+            format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+        ),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
+        ),
+        ("/drives/data", drive(&disk)),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
+    ] {
+        let r = api.put(path, &body);
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+    refused(
+        "PATCH",
+        "/drives/data",
+        &format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}"}}"#,
+            fifo.display()
+        ),
+    );
+    // The drive still works with its old image, and the API still answers.
+    assert_eq!(
+        api.get("/vm/config").json()["drives"][0]["path_on_host"],
+        disk.display().to_string()
+    );
+    run.signal(libc::SIGTERM);
+    let status = run.wait_exit(Duration::from_secs(3));
+    assert!(
+        status.is_some(),
+        "still running 3 s after SIGTERM:\n{}",
+        run.transcript()
+    );
+}
+
+/// A guest that writes garbage to a virtio-mmio register window as fast as it can: kiln-vmm
+/// logs a handful of lines, counts the rest in its metrics, and the API keeps answering.
+#[test]
+fn a_guest_flooding_bad_register_writes_gets_a_few_log_lines_and_a_counter() {
+    // mov edi, 0xd0001000; again: mov byte [edi], 1; jmp again
+    const FLOOD: &[u8] = &[0xbf, 0x00, 0x10, 0x00, 0xd0, 0xc6, 0x07, 0x01, 0xeb, 0xfb];
+    let dir = scratch_dir("mmio-flood");
+    let kernel = dir.join("tiny.elf");
+    std::fs::write(&kernel, tiny_guest::pvh_elf(FLOOD)).unwrap();
+    let metrics = dir.join("metrics.json");
+    let sock = dir.join("api.sock");
+    let args = [
+        "--api-sock".to_string(),
+        sock.display().to_string(),
+        "--serial-out".into(),
+        "none".into(),
+    ];
+    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
+    let api = ApiClient::new(&sock);
+    api.wait_ready(Duration::from_secs(10));
+    for (path, body) in [
+        (
+            "/boot-source",
+            format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
+        ),
+        (
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
+        ),
+        ("/entropy", "{}".into()),
+        (
+            "/metrics",
+            format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+        ),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
+    ] {
+        let r = api.put(path, &body);
+        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
+    }
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        assert_eq!(api.get("/machine-config").status, 200);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = api.put("/actions", r#"{"action_type": "FlushMetrics"}"#);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let held_back = last["vmm"]["guest_log_lines_suppressed"].as_u64().unwrap();
+    run.signal(libc::SIGTERM);
+    assert!(
+        run.wait_exit(Duration::from_secs(3)).is_some(),
+        "{}",
+        run.transcript()
+    );
+    let logged = run.count("is not a register access");
+    println!("flood: {logged} lines logged, {held_back} held back, slowest API answer {slowest:?}");
+    assert!(
+        held_back >= 1000,
+        "the guest wrote only {held_back} times?\n{}",
+        run.transcript()
+    );
+    assert!(
+        (1..=devices::guest_log::LINES_PER_WINDOW as usize).contains(&logged),
+        "{logged} lines logged:\n{}",
+        run.transcript()
+    );
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
 }

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use devices::host_file::{open_checked, Accept, HostFileError};
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -32,12 +33,8 @@ const STARTUP_64_OFFSET: u64 = 0x200;
 
 #[derive(Debug, Error)]
 pub enum LoadError {
-    #[error("cannot open {what} {path}: {source}")]
-    Open {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] HostFileError),
     #[error("cannot read {what} {path}: {source}")]
     Read {
         what: &'static str,
@@ -54,6 +51,8 @@ pub enum LoadError {
         version: u16,
         xloadflags: u16,
     },
+    #[error("{path} is not a usable bzImage: {why}")]
+    BadBzImage { path: PathBuf, why: String },
     #[error("guest memory too small: the kernel needs memory up to {needed_mib} MiB, the VM has {have_mib} MiB")]
     KernelDoesNotFit { needed_mib: u64, have_mib: u64 },
     #[error("loading kernel {path}: {source}")]
@@ -86,25 +85,25 @@ pub struct LoadedKernel {
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, LoadError> {
-    File::open(path).map_err(|source| LoadError::Open {
-        what,
-        path: path.into(),
-        source,
-    })
+    Ok(open_checked(what, path, false, Accept::Regular)?.0)
 }
 
 fn mib_up(bytes: u64) -> u64 {
     bytes.div_ceil(MIB)
 }
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+/// Little-endian fields of a header; `None` when the field lies past the end of `b`.
+fn field<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+    b.get(off..off.checked_add(N)?)?.try_into().ok()
 }
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    field(b, off).map(u16::from_le_bytes)
 }
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap_or([0; 8]))
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    field(b, off).map(u32::from_le_bytes)
+}
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    field(b, off).map(u64::from_le_bytes)
 }
 
 /// Validates an ELF header and program headers; returns the end of the highest PT_LOAD segment.
@@ -122,33 +121,40 @@ fn check_elf(path: &Path, image: &[u8]) -> Result<u64, LoadError> {
     if image[5] != ELFDATA2LSB {
         return Err(bad("big-endian".into()));
     }
-    let machine = u16_at(image, 18);
+    // Every field below lies in the first 64 bytes, which are present.
+    let at16 = |off| u16_at(image, off).unwrap_or(0);
+    let machine = at16(18);
     if machine != EM_X86_64 {
         return Err(bad(format!(
             "machine type {machine} (x86_64 is {EM_X86_64})"
         )));
     }
-    let kind = u16_at(image, 16);
+    let kind = at16(16);
     if kind != ET_EXEC {
         return Err(bad(format!(
             "ELF type {kind}, a vmlinux is an executable (type {ET_EXEC})"
         )));
     }
-    let phoff = u64_at(image, 32) as usize;
-    let phentsize = u16_at(image, 54) as usize;
-    let phnum = u16_at(image, 56) as usize;
+    let phoff = u64_at(image, 32).unwrap_or(u64::MAX);
+    let phentsize = u64::from(at16(54));
+    let phnum = u64::from(at16(56));
     if phentsize < 56 || phnum == 0 {
         return Err(bad("no program headers".into()));
     }
+    let outside = || bad("program headers lie outside the file".into());
     let mut end = 0u64;
     for i in 0..phnum {
-        let off = phoff
-            .checked_add(i * phentsize)
-            .filter(|o| o + 56 <= image.len())
-            .ok_or_else(|| bad("program headers lie outside the file".into()))?;
-        if u32_at(image, off) == PT_LOAD {
-            let paddr = u64_at(image, off + 24);
-            let memsz = u64_at(image, off + 40);
+        let off = usize::try_from(phoff.checked_add(i * phentsize).ok_or_else(outside)?)
+            .map_err(|_| outside())?;
+        let (kind, paddr, memsz) = match (
+            u32_at(image, off),
+            u64_at(image, off.saturating_add(24)),
+            u64_at(image, off.saturating_add(40)),
+        ) {
+            (Some(k), Some(p), Some(m)) => (k, p, m),
+            _ => return Err(outside()),
+        };
+        if kind == PT_LOAD {
             let seg_end = paddr
                 .checked_add(memsz)
                 .ok_or_else(|| bad("segment wraps the address space".into()))?;
@@ -215,9 +221,15 @@ pub fn load_kernel(
     if head.len() >= BZIMAGE_MAGIC_OFFSET + 4
         && &head[BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + 4] == BZIMAGE_MAGIC
     {
-        let version = u16_at(&head, 0x206);
+        let bad = |why: &str| LoadError::BadBzImage {
+            path: path.into(),
+            why: why.into(),
+        };
+        // The setup header runs to init_size (0x260..0x264) in every 64-bit boot protocol.
+        let truncated = || bad("truncated bzImage setup header");
+        let version = u16_at(&head, 0x206).ok_or_else(truncated)?;
         let xloadflags = if version >= 0x20c {
-            u16_at(&head, 0x236)
+            u16_at(&head, 0x236).ok_or_else(truncated)?
         } else {
             0
         };
@@ -229,9 +241,12 @@ pub fn load_kernel(
             });
         }
         // The kernel decompresses itself to its preferred address and needs init_size there.
-        let pref_address = u64_at(&head, 0x258);
-        let init_size = u64::from(u32_at(&head, 0x260));
-        let end = pref_address.max(HIMEM_START) + init_size;
+        let pref_address = u64_at(&head, 0x258).ok_or_else(truncated)?;
+        let init_size = u64::from(u32_at(&head, 0x260).ok_or_else(truncated)?);
+        let end = pref_address
+            .max(HIMEM_START)
+            .checked_add(init_size)
+            .ok_or_else(|| bad("pref_address + init_size wraps the address space"))?;
         if end > have {
             return Err(LoadError::KernelDoesNotFit {
                 needed_mib: mib_up(end),

@@ -67,6 +67,8 @@ pub struct VmmMetrics {
     pub vcpus: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_time_us: Option<u64>,
+    /// Log lines the guest caused that were held back by the rate limit (`devices::guest_log`).
+    pub guest_log_lines_suppressed: u64,
 }
 
 /// One metrics record.
@@ -108,6 +110,7 @@ mod tests {
                 uptime_ms: 5,
                 vcpus: 1,
                 boot_time_us: None,
+                guest_log_lines_suppressed: 0,
             },
         )
     }

@@ -22,6 +22,11 @@ pub mod exit_code {
     pub const GUEST_PANIC: i32 = 3;
     /// A vCPU failed: emulation failure, KVM internal error, or stuck past the timeout.
     pub const VCPU_FAILURE: i32 = 4;
+    /// The guest wrote a value above 127 to the debug-exit port: passed on, it would read as
+    /// "stopped by signal (N - 128)". The value itself is in the log and `/kiln/v1/state`.
+    pub const GUEST_STATUS_ABOVE_127: i32 = 5;
+    /// The highest debug-exit value passed on as kiln-vmm's own status.
+    pub const GUEST_STATUS_MAX: u8 = 127;
     /// Stopped by signal N: 128 + N.
     pub const SIGNAL_BASE: i32 = 128;
 }
@@ -50,7 +55,8 @@ pub enum VmExit {
 impl VmExit {
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmExit::PowerOff(code) => i32::from(*code),
+            VmExit::PowerOff(code) if *code <= exit_code::GUEST_STATUS_MAX => i32::from(*code),
+            VmExit::PowerOff(_) => exit_code::GUEST_STATUS_ABOVE_127,
             VmExit::Reset { .. } | VmExit::Reboot { .. } => exit_code::OK,
             VmExit::Panic => exit_code::GUEST_PANIC,
             VmExit::VcpuFailure(_) | VmExit::VcpuStuck(_) => exit_code::VCPU_FAILURE,
@@ -181,6 +187,16 @@ mod tests {
     fn exit_codes() {
         assert_eq!(VmExit::PowerOff(0).exit_code(), 0);
         assert_eq!(VmExit::PowerOff(42).exit_code(), 42);
+        assert_eq!(VmExit::PowerOff(127).exit_code(), 127);
+        // Review defect (issue 14): a guest writing 143 must not look like SIGTERM.
+        assert_eq!(
+            VmExit::PowerOff(143).exit_code(),
+            exit_code::GUEST_STATUS_ABOVE_127
+        );
+        assert_eq!(
+            VmExit::PowerOff(255).exit_code(),
+            exit_code::GUEST_STATUS_ABOVE_127
+        );
         assert_eq!(VmExit::Panic.exit_code(), exit_code::GUEST_PANIC);
         assert_eq!(VmExit::Signal(15).exit_code(), 143);
         assert_eq!(

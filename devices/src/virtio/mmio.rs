@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tracing::{debug, warn};
+use tracing::debug;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -37,7 +37,6 @@ pub struct MmioTransport<D: VirtioDevice> {
     acked_features: u64,
     queue_sel: u32,
     queues: Vec<Queue>,
-    config_generation: u32,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -57,7 +56,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: 0,
             queue_sel: 0,
             queues,
-            config_generation: 0,
         }
     }
 
@@ -96,7 +94,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             VIRTIO_MMIO_QUEUE_READY => q.map_or(0, |q| q.ready().into()),
             VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
             VIRTIO_MMIO_STATUS => self.status,
-            VIRTIO_MMIO_CONFIG_GENERATION => self.config_generation,
+            VIRTIO_MMIO_CONFIG_GENERATION => lock(&self.device).config_generation(),
             VIRTIO_MMIO_QUEUE_DESC_LOW => q.map_or(0, |q| q.desc_table() as u32),
             VIRTIO_MMIO_QUEUE_DESC_HIGH => q.map_or(0, |q| (q.desc_table() >> 32) as u32),
             VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.map_or(0, |q| q.avail_ring() as u32),
@@ -163,7 +161,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let negotiating = self.status & VIRTIO_CONFIG_S_DRIVER != 0
             && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
         if !negotiating {
-            warn!("virtio-mmio: driver features written outside negotiation; ignored");
+            crate::guest_warn!("virtio-mmio: driver features written outside negotiation; ignored");
             return;
         }
         let offered = lock(&self.device).features();
@@ -174,7 +172,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         };
         let requested = u64::from(value) << shift;
         if requested & !offered != 0 {
-            warn!(
+            crate::guest_warn!(
                 "virtio-mmio: driver acked features {:#x} the device did not offer; ignored",
                 requested & !offered
             );
@@ -187,7 +185,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let device = lock(&self.device);
         if let Some(evt) = device.queue_events().get(queue as usize) {
             if let Err(e) = evt.write(1) {
-                warn!("virtio-mmio: queue notification: {e}");
+                crate::guest_warn!("virtio-mmio: queue notification: {e}");
             }
         }
     }
@@ -201,14 +199,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
         let added = value & !self.status;
         if value & self.status != self.status {
-            warn!(
+            crate::guest_warn!(
                 "virtio-mmio: status {:#x} -> {value:#x} clears bits; ignored",
                 self.status
             );
             return;
         }
         if added & VIRTIO_CONFIG_S_FAILED != 0 {
-            warn!("virtio-mmio: the driver gave up on the device");
+            crate::guest_warn!("virtio-mmio: the driver gave up on the device");
             self.status = value;
             return;
         }
@@ -228,7 +226,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if ok {
             self.status = value;
         } else {
-            warn!(
+            crate::guest_warn!(
                 "virtio-mmio: status {:#x} -> {value:#x} refused",
                 self.status
             );
@@ -239,7 +237,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn features_acceptable(&self) -> bool {
         let v1 = self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0;
         if !v1 {
-            warn!("virtio-mmio: the driver did not accept VIRTIO_F_VERSION_1");
+            crate::guest_warn!("virtio-mmio: the driver did not accept VIRTIO_F_VERSION_1");
         }
         v1
     }
@@ -250,13 +248,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
             if !q.is_valid(&self.mem) {
-                warn!("virtio-mmio: queue {i} is not ready or not in guest memory");
+                crate::guest_warn!("virtio-mmio: queue {i} is not ready or not in guest memory");
                 return self.needs_reset();
             }
             match Queue::try_from(q.state()) {
                 Ok(copy) => queues.push(copy),
                 Err(e) => {
-                    warn!("virtio-mmio: queue {i}: {e}");
+                    crate::guest_warn!("virtio-mmio: queue {i}: {e}");
                     return self.needs_reset();
                 }
             }
@@ -271,7 +269,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         match activated {
             Ok(()) => true,
             Err(e) => {
-                warn!("virtio-mmio: activating the device failed: {e}");
+                crate::guest_warn!("virtio-mmio: activating the device failed: {e}");
                 self.needs_reset()
             }
         }
@@ -322,7 +320,7 @@ impl<D: VirtioDevice> MutDeviceMmio for MmioTransport<D> {
         if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_register(offset as u32).to_le_bytes());
         } else {
-            warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} is not a register access",
                 data.len()
             );
@@ -339,7 +337,7 @@ impl<D: VirtioDevice> MutDeviceMmio for MmioTransport<D> {
             Ok(bytes) if offset.is_multiple_of(4) => {
                 self.write_register(offset as u32, u32::from_le_bytes(bytes))
             }
-            _ => warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} is not a register access",
                 data.len()
             ),

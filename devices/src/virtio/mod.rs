@@ -65,6 +65,10 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> &[EventFd];
     /// Device configuration space (little-endian, as the driver reads it).
     fn config_space(&self) -> &[u8];
+    /// Changes whenever the configuration space does (virtio 1.x ConfigGeneration).
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Starts the device with the driver's queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Drops the queues and returns to the state before activation.

@@ -40,7 +40,7 @@ impl RequestHandler for RandomRequests {
 /// Fills every buffer of the chain; a chain with a device-readable buffer gets nothing.
 fn fill_random(chain: &Chain, mem: &GuestMemoryMmap) -> u32 {
     if chain.readable().next().is_some() {
-        warn!("virtio-rng: request has device-readable buffers");
+        crate::guest_warn!("virtio-rng: request has device-readable buffers");
         return 0;
     }
     let Ok(iov) = iovecs(mem, &chain.segments) else {

@@ -38,6 +38,8 @@ pub struct SingleQueueDevice<H> {
     handler: H,
     queue_events: [EventFd; 1],
     active: Option<Active>,
+    /// Bumped on every change of the configuration space (the transport's ConfigGeneration).
+    config_generation: u32,
 }
 
 impl<H: RequestHandler> SingleQueueDevice<H> {
@@ -46,6 +48,7 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
             handler,
             queue_events: [EventFd::new(EFD_NONBLOCK)?],
             active: None,
+            config_generation: 0,
         })
     }
 
@@ -53,8 +56,10 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
         &mut self.handler
     }
 
-    /// Raises the configuration-change interrupt, if the driver has activated the device.
-    pub fn signal_config_change(&self) {
+    /// The configuration space changed: a new generation (so a driver reading it across the
+    /// change retries), and the configuration-change interrupt if the driver is active.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
         if let Some(active) = &self.active {
             active.interrupt.signal_config_change();
         }
@@ -74,13 +79,13 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
             match Chain::parse(chain, mem, H::MAX_REQUEST_BYTES) {
                 Ok(chain) => handler.handle(&chain, mem),
                 Err(e) => {
-                    warn!("{}: bad descriptor chain: {e}", H::NAME);
+                    crate::guest_warn!("{}: bad descriptor chain: {e}", H::NAME);
                     0
                 }
             }
         });
         if let Err(e) = result {
-            warn!(
+            crate::guest_warn!(
                 "{}: queue is broken, device stops until reset: {e}",
                 H::NAME
             );
@@ -108,6 +113,10 @@ impl<H: RequestHandler> VirtioDevice for SingleQueueDevice<H> {
 
     fn config_space(&self) -> &[u8] {
         self.handler.config_space()
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_generation
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {

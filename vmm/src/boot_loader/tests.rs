@@ -159,3 +159,48 @@ fn initrd_goes_high_and_must_fit_above_the_kernel() {
         .contains("empty"));
     std::fs::remove_file(&empty).unwrap();
 }
+
+/// Review defect (issue 14): crafted headers panicked the main thread instead of answering 400.
+#[test]
+fn crafted_kernel_headers_are_refused_not_panics() {
+    let m = mem(32);
+    // A bzImage cut off inside its setup header: "HdrS" present, the fields after it missing.
+    for len in [0x206, 0x207, 0x230, 0x263] {
+        let mut img = vec![0u8; len];
+        img[BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + 4].copy_from_slice(BZIMAGE_MAGIC);
+        if len >= 0x208 {
+            img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+        }
+        if len >= 0x238 {
+            img[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        }
+        let p = temp_file(&format!("short-{len}.bz"), &img);
+        let err = load_kernel(&m, 32 << 20, &p).unwrap_err().to_string();
+        assert!(
+            err.contains("truncated bzImage setup header"),
+            "{len}: {err}"
+        );
+        std::fs::remove_file(p).unwrap();
+    }
+    // pref_address + init_size past the end of the address space.
+    let mut img = vec![0u8; 0x1000];
+    img[BZIMAGE_MAGIC_OFFSET..BZIMAGE_MAGIC_OFFSET + 4].copy_from_slice(BZIMAGE_MAGIC);
+    img[0x206..0x208].copy_from_slice(&0x20fu16.to_le_bytes());
+    img[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+    img[0x258..0x260].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+    img[0x260..0x264].copy_from_slice(&0x1000u32.to_le_bytes());
+    let p = temp_file("wrap.bz", &img);
+    let err = load_kernel(&m, 32 << 20, &p).unwrap_err().to_string();
+    assert!(err.contains("wraps the address space"), "{err}");
+    std::fs::remove_file(p).unwrap();
+    // An ELF whose program header offset wraps when the entry's size is added.
+    let mut e = elf(ELFCLASS64, EM_X86_64, ET_EXEC, 0x100_0000, 0x2000);
+    e[32..40].copy_from_slice(&(u64::MAX - 20).to_le_bytes());
+    let p = temp_file("wrap.elf", &e);
+    let err = load_kernel(&m, 32 << 20, &p).unwrap_err().to_string();
+    assert!(
+        err.contains("program headers lie outside the file"),
+        "{err}"
+    );
+    std::fs::remove_file(p).unwrap();
+}

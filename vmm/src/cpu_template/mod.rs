@@ -24,11 +24,8 @@ pub enum CpuTemplateError {
     },
     #[error("CPU template {origin}: {what}")]
     Invalid { origin: String, what: String },
-    #[error("cannot read CPU template {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] devices::host_file::HostFileError),
     #[error("unknown CPU template {0:?}: use auto, none, a built-in name ({1}) or a path to a JSON file")]
     Unknown(String, String),
 }

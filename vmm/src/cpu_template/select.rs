@@ -3,7 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use devices::host_file::read_text;
+
 use super::{CpuTemplate, CpuTemplateError};
+
+/// The largest template file read: a template lists a few dozen CPUID and MSR modifiers.
+const TEMPLATE_FILE_LIMIT: u64 = 1 << 20;
 
 /// Built-in templates, shipped in `resources/cpu-templates/`.
 const BUILTIN: &[(&str, &str)] = &[(
@@ -68,13 +73,8 @@ impl TemplateChoice {
                     .ok_or_else(|| CpuTemplateError::Unknown(name.clone(), names))
             }
             TemplateChoice::File(path) => {
-                let origin = path.display().to_string();
-                let json =
-                    std::fs::read_to_string(path).map_err(|source| CpuTemplateError::Read {
-                        path: origin.clone(),
-                        source,
-                    })?;
-                CpuTemplate::from_json(&origin, &json).map(Some)
+                let json = read_text("CPU template", path, TEMPLATE_FILE_LIMIT)?;
+                CpuTemplate::from_json(&path.display().to_string(), &json).map(Some)
             }
         }
     }

@@ -137,5 +137,21 @@ fn choices_parse() {
         .resolve(Path::new("/"))
         .unwrap_err()
         .to_string()
-        .contains("cannot read"));
+        .contains("cannot open CPU template /nonexistent/t.json"));
+}
+
+/// Review defect (issue 14): `/dev/zero` as a template was read until the OOM killer came.
+#[test]
+fn a_template_path_naming_a_device_or_a_huge_file_is_refused() {
+    let zero = TemplateChoice::File("/dev/zero".into()).resolve(Path::new("/nonexistent"));
+    let err = zero.unwrap_err().to_string();
+    assert!(err.contains("is a character device"), "{err}");
+    let big = std::env::temp_dir().join(format!("kiln-template-big-{}.json", std::process::id()));
+    std::fs::write(&big, vec![b' '; (1 << 20) + 1]).unwrap();
+    let err = TemplateChoice::File(big.clone())
+        .resolve(Path::new("/nonexistent"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    std::fs::remove_file(big).unwrap();
 }

@@ -197,6 +197,7 @@ impl VmmInfo {
                 uptime_ms: self.start.elapsed().as_millis() as u64,
                 vcpus,
                 boot_time_us: self.boot_time.map(|d| d.as_micros() as u64),
+                guest_log_lines_suppressed: devices::guest_log::suppressed_lines(),
             },
         );
         match &mut self.metrics {

@@ -1,11 +1,11 @@
 //! Before InstanceStart: configuration requests build up the VM description. A config file is
 //! the same requests in one document (`--config-file`, the `GET /vm/config` format).
 
-use std::fs::File;
 use std::path::Path;
 
 use api::models::{no_rate_limiter, ActionType, FullVmConfiguration};
 use api::{ApiRequest, ApiResponse};
+use devices::host_file::{open_checked, read_text, Accept};
 
 use super::{RunState, VmmInfo, BEFORE_START};
 use crate::metrics::MetricsSink;
@@ -20,15 +20,15 @@ pub enum PrebootAction {
     Start,
 }
 
-/// Checks that a file named in a request can be opened now, as Firecracker does.
-fn openable(what: &str, path: &Path) -> Result<(), String> {
-    match File::open(path) {
-        Ok(f) if f.metadata().is_ok_and(|m| m.is_dir()) => {
-            Err(format!("{what} {} is a directory", path.display()))
-        }
-        Ok(_) => Ok(()),
-        Err(e) => Err(format!("{what} {} cannot be opened: {e}", path.display())),
-    }
+/// The largest config file kiln-vmm reads (a VM's whole description is a few KiB).
+const CONFIG_FILE_LIMIT: u64 = 1 << 20;
+
+/// Checks that a file named in a request can be opened now and has the right type, as
+/// Firecracker does; never waits on it (a FIFO is refused, not opened).
+fn openable(what: &'static str, path: &Path, accept: Accept) -> Result<(), String> {
+    open_checked(what, path, false, accept)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Applies one configuration request to `res`.
@@ -46,15 +46,15 @@ pub fn apply(res: &mut VmResources, info: &mut VmmInfo, req: &ApiRequest) -> Res
         }
         ApiRequest::PutBootSource(b) => {
             let bs = BootSourceConfig::try_from(b).map_err(|e| s(&e))?;
-            openable("kernel image", &bs.kernel_image_path)?;
+            openable("kernel image", &bs.kernel_image_path, Accept::Regular)?;
             if let Some(initrd) = &bs.initrd_path {
-                openable("initrd", initrd)?;
+                openable("initrd", initrd, Accept::Regular)?;
             }
             res.boot_source = Some(bs);
         }
         ApiRequest::PutDrive(d) => {
             let drive = DriveConfig::try_from(d).map_err(|e| s(&e))?;
-            openable("drive image", &drive.path_on_host)?;
+            openable("drive image", &drive.path_on_host, Accept::RegularOrBlock)?;
             res.set_drive(drive).map_err(|e| s(&e))?;
         }
         ApiRequest::PutNetworkInterface(n) => {
@@ -122,8 +122,7 @@ pub fn handle(res: &mut VmResources, info: &mut VmmInfo, req: &ApiRequest) -> Pr
 
 /// Reads a `--config-file` into a VM description (every section applied as its PUT would be).
 pub fn from_config_file(path: &Path, info: &mut VmmInfo) -> Result<VmResources, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    let text = read_text("config file", path, CONFIG_FILE_LIMIT).map_err(|e| e.to_string())?;
     let cfg: FullVmConfiguration =
         serde_json::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
     let unsupported = cfg.unsupported_sections();

@@ -57,7 +57,7 @@ impl Block {
         let handler = self.handler_mut();
         handler.config = config_space(disk.sectors());
         handler.disk = disk;
-        self.signal_config_change();
+        self.config_changed();
     }
 
     /// The image's read-only mode.

@@ -1,25 +1,25 @@
 //! A raw disk image file: size in sectors, read-only flag, serial, and the host I/O calls.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use tracing::warn;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 
+use crate::host_file::{open_checked, Accept, HostFileError};
 use crate::virtio::chain::advance_iovecs;
 
 pub const SECTOR_SIZE: u64 = 512;
 
 #[derive(Debug, Error)]
 pub enum DiskError {
+    #[error(transparent)]
+    File(#[from] HostFileError),
     #[error("disk image {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("disk image {0} is not a regular file or block device")]
-    NotAFile(PathBuf),
     #[error("disk image {0} is smaller than one 512-byte sector")]
     TooSmall(PathBuf),
     #[error("disk image {0} is in use by another process (locked)")]
@@ -44,18 +44,9 @@ impl DiskImage {
             path: path.to_owned(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
+        let (file, meta) = open_checked("disk image", path, !read_only, Accept::RegularOrBlock)?;
         let ft = meta.file_type();
         use std::os::unix::fs::FileTypeExt;
-        if !(ft.is_file() || ft.is_block_device()) {
-            return Err(DiskError::NotAFile(path.to_owned()));
-        }
         let lock = if read_only {
             libc::LOCK_SH
         } else {

@@ -144,7 +144,7 @@ impl Net {
             &mut self.rx_frame,
         );
         if let Err(e) = result {
-            warn!("virtio-net: rx queue is broken, device stops until reset: {e}");
+            crate::guest_warn!("virtio-net: rx queue is broken, device stops until reset: {e}");
             self.active = None;
         }
     }
@@ -158,12 +158,12 @@ impl Net {
         let result = process_queue(&mut active.queues[TX], mem, &active.interrupt, |chain| {
             match Chain::parse(chain, mem, MAX_FRAME_BYTES) {
                 Ok(chain) => send_from(tap, &chain, mem),
-                Err(e) => warn!("virtio-net: bad tx descriptor chain: {e}"),
+                Err(e) => crate::guest_warn!("virtio-net: bad tx descriptor chain: {e}"),
             }
             0
         });
         if let Err(e) = result {
-            warn!("virtio-net: tx queue is broken, device stops until reset: {e}");
+            crate::guest_warn!("virtio-net: tx queue is broken, device stops until reset: {e}");
             self.active = None;
         }
     }
@@ -173,7 +173,7 @@ fn send_from(tap: &Tap, chain: &Chain, mem: &GuestMemoryMmap) {
     if chain.writable().next().is_some()
         || chain.readable().map(|s| s.len as usize).sum::<usize>() < VNET_HDR_LEN
     {
-        warn!("virtio-net: tx chain is not a readable frame with a header; dropped");
+        crate::guest_warn!("virtio-net: tx chain is not a readable frame with a header; dropped");
         return;
     }
     let Ok(iov) = iovecs(mem, &chain.segments) else {

@@ -95,7 +95,7 @@ fn kick_on_next_buffer(queue: &Queue, mem: &GuestMemoryMmap, avail_idx: u16) {
         // struct vring_used: flags, idx, ring[size] of 8-byte elements, then avail_event.
         let at = queue.used_ring() + 4 + 8 * u64::from(queue.size());
         if mem.write_obj(avail_idx, GuestAddress(at)).is_err() {
-            warn!("virtio-net: cannot write avail_event");
+            crate::guest_warn!("virtio-net: cannot write avail_event");
         }
         std::sync::atomic::fence(Ordering::SeqCst);
     }
@@ -131,7 +131,7 @@ fn deliver(
         let chain = match chain {
             Ok(c) => c,
             Err(e) => {
-                warn!("virtio-net: bad rx descriptor chain: {e}");
+                crate::guest_warn!("virtio-net: bad rx descriptor chain: {e}");
                 if used.is_empty() {
                     // Return it empty and try the frame in the next chain.
                     queue.add_used(mem, head, 0)?;
