@@ -68,6 +68,8 @@ pub enum ServerError {
     Io { path: PathBuf, source: io::Error },
     #[error("starting the API thread: {0}")]
     Thread(io::Error),
+    #[error("API server thread: {0}")]
+    ThreadStart(String),
 }
 
 /// Binds the API socket, readable and writable by the owner only. A leftover socket file that
@@ -100,16 +102,26 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Serves the API on its own thread until the process ends.
+/// Serves the API on its own thread until the process ends. `thread_start` runs first on that
+/// thread (kiln-vmm installs the thread's seccomp filter there); its error is returned here and
+/// the thread serves nothing.
 pub fn spawn(
     listener: UnixListener,
     sink: Arc<dyn RequestSink>,
     config: ServerConfig,
     counters: Arc<ApiCounters>,
+    thread_start: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
-    std::thread::Builder::new()
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            let started = thread_start();
+            let ok = started.is_ok();
+            let _ = started_tx.send(started);
+            if !ok {
+                return;
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
@@ -123,7 +135,14 @@ pub fn spawn(
             };
             rt.block_on(serve(listener, sink, config, counters));
         })
-        .map_err(ServerError::Thread)
+        .map_err(ServerError::Thread)?;
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(why)) => Err(ServerError::ThreadStart(why)),
+        Err(_) => Err(ServerError::ThreadStart(
+            "the API thread ended at start".into(),
+        )),
+    }
 }
 
 async fn serve(

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod resources;
 pub mod rpc_interface;
 pub mod runtime;
+pub mod seccomp;
 pub mod vm_exit;
 pub mod vmm_config;
 pub mod vstate;

@@ -108,6 +108,7 @@ impl LogControl {
             }
         }
         if let Some(file) = file {
+            crate::seccomp::report_log_to(&file);
             *lock(&self.target) = Some(file);
         }
         Ok(())

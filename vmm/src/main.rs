@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use devices::virtio::net::{Tap, TapError};
-use tracing::{error, info, Level};
+use tracing::{error, info, warn, Level};
 
 use vmm::arch::x86_64::mptable::MAX_CPUS;
 use vmm::builder::{build_vm, full_cmdline, resolve_template};
@@ -18,6 +18,7 @@ use vmm::rpc_interface::runtime::RuntimeApi;
 use vmm::rpc_interface::waiting::{serve_after_exit, serve_until_start, WaitEnd};
 use vmm::rpc_interface::{api_channel, preboot, RunState, VmmInfo};
 use vmm::runtime::{run_vm, StopSignals, TerminalMode};
+use vmm::seccomp::{Filters, SeccompChoice, ThreadKind};
 use vmm::vm_exit::{exit_code, VmExit};
 use vmm::vmm_config::machine_config::DEFAULT_MEM_MIB;
 use vmm::vmm_config::{
@@ -57,6 +58,13 @@ struct Cli {
     /// SIGTERM, SIGINT or SIGHUP; then exit with the VM's status.
     #[arg(long, requires = "api_sock")]
     linger: bool,
+    /// Run without seccomp filters (Firecracker's flag). Filters are on by default.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Use these seccomp filters instead of the built-in ones: a JSON document in seccompiler's
+    /// format with a filter for each thread kind (main, vcpu, api); see docs/security.md.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_seccomp")]
+    seccomp_filter: Option<PathBuf>,
     /// Kernel image: an x86_64 ELF vmlinux (PVH entry if present) or a bzImage.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
@@ -201,6 +209,15 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
     }
     // Before any thread exists, so that every thread inherits the blocked stop signals.
     let signals = StopSignals::install().map_err(vmm_err)?;
+    let filters = Filters::prepare(&match (&cli.seccomp_filter, cli.no_seccomp) {
+        (Some(file), _) => SeccompChoice::File(file.clone()),
+        (None, true) => SeccompChoice::None,
+        (None, false) => SeccompChoice::Default,
+    })
+    .map_err(vmm_err)?;
+    if !filters.enabled() {
+        warn!("seccomp filters are off (--no-seccomp)");
+    }
     let mut info = new_info(cli, log, start);
     let (receiver, _socket) = match &cli.api_sock {
         Some(path) => {
@@ -211,7 +228,13 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
                 max_payload: cli.http_api_max_payload_size,
                 ..Default::default()
             };
-            api::spawn(listener, sender, config, info.counters.clone()).map_err(vmm_err)?;
+            let api_filters = filters.clone();
+            api::spawn(listener, sender, config, info.counters.clone(), move || {
+                api_filters
+                    .install(ThreadKind::Api, "api")
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(vmm_err)?;
             info!(
                 "API listening on {} after {:.3} ms",
                 path.display(),
@@ -268,6 +291,7 @@ fn run(cli: &Cli, log: LogControl, start: Instant) -> Result<i32, Failure> {
         start,
         signals.try_clone().map_err(vmm_err)?,
         api,
+        &filters,
     )
     .map_err(vmm_err)?;
     drop(terminal);

@@ -42,6 +42,7 @@ impl MetricsSink {
                 path: path.into(),
                 source,
             })?;
+        crate::seccomp::report_metrics_to(&file);
         Ok(MetricsSink { file })
     }
 

@@ -8,7 +8,7 @@ mod watchdog;
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use watchdog::{kick, Watchdog, TICK};
 
 use crate::builder::BuiltVm;
 use crate::rpc_interface::runtime::{RuntimeApi, RuntimeController, VmHandles};
+use crate::seccomp::{Filters, SeccompError, ThreadKind};
 use crate::vm_exit::{ExitCoordinator, VmExit};
 use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu_loop::{register_kick_handler, run_vcpu, VcpuContext, VcpuHealth};
@@ -37,6 +38,8 @@ pub enum RunError {
     EventLoop(String),
     #[error("spawning vCPU thread: {0}")]
     Spawn(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -86,12 +89,15 @@ impl MutEventSubscriber for Control {
 /// must have been installed before any thread was started (threads inherit the mask). A
 /// `stuck_timeout` of `None` disables the watchdog. With `api`, requests are served on the
 /// event loop while the VM runs (and the pending InstanceStart is answered once it does).
+/// Every vCPU thread and then the main thread install their seccomp filter from `filters`
+/// before the first guest instruction runs.
 pub fn run_vm(
     built: BuiltVm,
     stuck_timeout: Option<Duration>,
     start: Instant,
     signals: StopSignals,
     api: Option<RuntimeApi>,
+    filters: &Filters,
 ) -> Result<(VmExit, Option<RuntimeApi>), RunError> {
     let ev_err = |e: &dyn std::fmt::Debug| RunError::EventLoop(format!("{e:?}"));
     register_kick_handler().map_err(|e| ev_err(&e))?;
@@ -107,6 +113,8 @@ pub fn run_vm(
     let stop = Arc::new(AtomicBool::new(false));
     let pause = Arc::new(PauseControl::default());
     let mut threads: Vec<(JoinHandle<()>, Arc<VcpuHealth>)> = Vec::new();
+    // The vCPUs wait here, filtered, until the main thread has installed its own filter.
+    let gate = Arc::new(Barrier::new(vcpus.len() + 1));
     for vcpu in vcpus {
         let health = Arc::new(VcpuHealth::default());
         let ctx = VcpuContext {
@@ -117,6 +125,8 @@ pub fn run_vm(
             pause: pause.clone(),
             mem: mem.clone(),
             start,
+            filters: filters.clone(),
+            gate: gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index))
@@ -166,6 +176,15 @@ pub fn run_vm(
         c
     });
 
+    let installed = filters.install(ThreadKind::Main, "main");
+    if installed.is_err() {
+        stop.store(true, Ordering::Release);
+    }
+    gate.wait();
+    if let Err(e) = installed {
+        stop_vcpus(&stop, threads);
+        return Err(e.into());
+    }
     let outcome = loop {
         if let Some(outcome) = exits.outcome() {
             break outcome;

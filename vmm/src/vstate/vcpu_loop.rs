@@ -2,7 +2,7 @@
 //! resets and failures into VM exits, and reports its progress to the stuck-vCPU watchdog.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::pause::PauseControl;
 use super::vcpu::Vcpu;
+use crate::seccomp::{Filters, ThreadKind};
 use crate::vm_exit::{ExitCoordinator, VmExit};
 
 /// Progress of one vCPU as the watchdog sees it; times are ms since VMM start plus one
@@ -39,6 +40,9 @@ pub struct VcpuContext {
     pub pause: Arc<PauseControl>,
     pub mem: GuestMemoryMmap,
     pub start: Instant,
+    pub filters: Filters,
+    /// Passed once every thread's seccomp filter is on.
+    pub gate: Arc<Barrier>,
 }
 
 /// Milliseconds since `start`, plus one so that zero can mean "unset".
@@ -69,6 +73,15 @@ enum Step {
 /// Runs `vcpu` until the VM stops. Any reason to end the VM goes to `ctx.exits`.
 pub fn run_vcpu(mut vcpu: Vcpu, ctx: VcpuContext) {
     let index = vcpu.index;
+    let installed = ctx
+        .filters
+        .install(ThreadKind::Vcpu, &format!("vcpu{index}"));
+    ctx.gate.wait();
+    if let Err(e) = installed {
+        ctx.exits
+            .request(VmExit::VcpuFailure(format!("vCPU {index}: {e}")));
+        return;
+    }
     if index == 0 {
         info!(
             "first guest instruction {:.3} ms after VMM start (CLOCK_MONOTONIC {:.6} s)",
