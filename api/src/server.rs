@@ -102,9 +102,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Serves the API on its own thread until the process ends. `thread_start` runs first on that
-/// thread (kiln-vmm installs the thread's seccomp filter there); its error is returned here and
-/// the thread serves nothing.
+/// Serves the API on its own thread until the process ends. `thread_start` runs on that thread
+/// once its runtime exists, before the first request (kiln-vmm installs the thread's seccomp
+/// filter there); its error, or the runtime's, is returned here and the thread serves nothing.
 pub fn spawn(
     listener: UnixListener,
     sink: Arc<dyn RequestSink>,
@@ -116,20 +116,21 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            let started = thread_start();
-            let ok = started.is_ok();
-            let _ = started_tx.send(started);
-            if !ok {
-                return;
-            }
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            // The runtime first: what it creates (epoll, eventfd, and with tokio's `signal`
+            // feature a socket pair) is set up before `thread_start` narrows the thread's calls.
+            let started = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
                 .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!("API server: cannot start its runtime: {e}");
+                .map_err(|e| format!("cannot start the API thread's runtime: {e}"))
+                .and_then(|rt| thread_start().map(|()| rt));
+            let rt = match started {
+                Ok(rt) => {
+                    let _ = started_tx.send(Ok(()));
+                    rt
+                }
+                Err(why) => {
+                    let _ = started_tx.send(Err(why));
                     return;
                 }
             };

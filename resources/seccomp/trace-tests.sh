@@ -8,7 +8,9 @@ root=$(cd "$here/../.." && pwd)
 out=${1:?usage: trace-tests.sh OUT.json}
 work=$(mktemp -d)
 target=${CARGO_TARGET_DIR:-$root/target}
-cargo build --release -q -p vmm --manifest-path "$root/Cargo.toml"
+# The workspace build, as CI and the README build it: Cargo unifies dependency features across
+# the members (tokio gets `signal` from the controller), and they change what kiln-vmm calls.
+cargo build --release -q --workspace --manifest-path "$root/Cargo.toml"
 cat > "$work/kiln-vmm" <<EOS
 #!/bin/sh
 case " \$* " in *" --no-seccomp "*|*" --seccomp-filter "*) set -- "\$@";; *) set -- --seccomp-filter "$here/permissive.json" "\$@";; esac

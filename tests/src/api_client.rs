@@ -205,18 +205,3 @@ impl OpenApi {
         );
     }
 }
-
-impl ApiClient {
-    /// Waits until the socket accepts connections.
-    pub fn wait_ready(&self, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "API socket {} not ready within {timeout:?}",
-                self.socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}

@@ -342,6 +342,33 @@ impl Cluster {
         self.field(ns, &format!("vmi/{vmi}"), "{.status.launcherPod}")
     }
 
+    /// The host processes of pod `pod` (this cluster is one node: its containers' processes
+    /// are this machine's), found by the pod's UID in their cgroup: (command name,
+    /// `/proc/PID/status`).
+    pub fn pod_processes(&self, ns: &str, pod: &str) -> Vec<(String, String)> {
+        let uid = self.field(ns, &format!("pod/{pod}"), "{.metadata.uid}");
+        assert!(!uid.is_empty(), "pod {ns}/{pod} has no UID");
+        let systemd_style = uid.replace('-', "_");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+            let dir = entry.path();
+            let Ok(cgroup) = std::fs::read_to_string(dir.join("cgroup")) else {
+                continue; // not a process, or it ended
+            };
+            if !cgroup.contains(&uid) && !cgroup.contains(&systemd_style) {
+                continue;
+            }
+            let (Ok(comm), Ok(status)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue;
+            };
+            found.push((comm.trim().to_string(), status));
+        }
+        found
+    }
+
     /// The console log (`kubectl logs`) of a VMI's launcher pod.
     pub fn console(&self, ns: &str, vmi: &str) -> String {
         let pod = self.launcher_pod(ns, vmi);

@@ -2,6 +2,7 @@
 //! kiln-vmm binary are, running a VMM with timestamped output, and tiny hand-made guests.
 
 pub mod api_client;
+pub mod api_vm;
 pub mod boot_slots;
 pub mod guest_image;
 pub mod image_server;

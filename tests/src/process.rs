@@ -213,6 +213,27 @@ impl VmmRun {
         }
     }
 
+    /// Waits until `socket` accepts connections; panics with the run's transcript if the child
+    /// exits first (a seccomp kill, a bad flag) or `timeout` passes.
+    pub fn wait_for_socket(&mut self, socket: &Path, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            if let Some(status) = self.wait_exit(Duration::from_millis(5)) {
+                panic!(
+                    "kiln-vmm ended ({status}) before {} accepted connections:\n{}",
+                    socket.display(),
+                    self.transcript()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not accepting connections within {timeout:?}:\n{}",
+                socket.display(),
+                self.transcript()
+            );
+        }
+    }
+
     /// Sends `signal` to the child.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on the pid of our own, not yet reaped, child.

@@ -96,7 +96,7 @@ fn lifecycle_through_the_api_pause_resume_drive_swap_ctrl_alt_del() {
         client: ApiClient::new(&sock),
         spec: OpenApi::load(),
     };
-    api.client.wait_ready(Duration::from_secs(10));
+    run.wait_for_socket(&sock, Duration::from_secs(10));
 
     api.ok(
         "PUT",
@@ -326,7 +326,7 @@ fn config_file_boots_the_same_vm_and_get_vm_config_returns_it() {
         client: ApiClient::new(&sock),
         spec: OpenApi::load(),
     };
-    api.client.wait_ready(Duration::from_secs(10));
+    run.wait_for_socket(&sock, Duration::from_secs(10));
     assert_eq!(api.state()["state"], "Running");
     let served = api.call("GET", "/vm/config", None).json();
     assert_eq!(served["boot-source"], config["boot-source"]);

@@ -23,9 +23,9 @@ impl Api {
         let sock = dir.join("api.sock");
         let mut args = vec!["--api-sock".to_string(), sock.display().to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let run = VmmRun::spawn(&kiln_vmm(), &args);
+        let mut run = VmmRun::spawn(&kiln_vmm(), &args);
+        run.wait_for_socket(&sock, Duration::from_secs(10));
         let client = ApiClient::new(&sock);
-        client.wait_ready(Duration::from_secs(10));
         Api {
             run,
             client,

@@ -1,11 +1,11 @@
 //! seccomp on real KVM with tiny guests: the built-in filters let a VM boot and stop, and a
 //! system call outside a thread's list is fatal for each thread kind (main, vCPU, API), with a
-//! line naming the thread and the call and a metrics record.
+//! line naming the thread and the call and a metrics record; every thread drops its capabilities.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_tests::api_client::ApiClient;
+use kiln_tests::api_vm::ApiVm;
 use kiln_tests::process::VmmRun;
 use kiln_tests::{kiln_vmm, scratch_dir, tiny_guest, workspace_root};
 
@@ -81,36 +81,14 @@ fn the_built_in_filters_are_on_by_default_and_a_vm_runs_under_them() {
 }
 
 #[test]
-fn every_thread_of_a_running_vm_is_filtered() {
+fn every_thread_of_a_running_vm_is_filtered_and_holds_no_capabilities() {
     let dir = scratch_dir("seccomp-proc");
     let kernel = tiny_kernel(&dir, tiny_guest::SPIN);
-    let sock = dir.join("api.sock");
-    let args = [
-        "--api-sock".to_string(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        "none".into(),
-        "--stuck-timeout".into(),
-        "0".into(),
-    ];
-    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
-    let api = ApiClient::new(&sock);
-    api.wait_ready(Duration::from_secs(10));
-    for (path, body) in [
-        (
-            "/boot-source",
-            format!(r#"{{"kernel_image_path": "{kernel}"}}"#),
-        ),
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 2, "mem_size_mib": 16}"#.into(),
-        ),
-        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
-    ] {
-        assert_eq!(api.put(path, &body).status, 204, "PUT {path}");
-    }
-    // The start is answered as the threads install their filters: let them finish.
-    std::thread::sleep(Duration::from_millis(300));
+    let mut vm = ApiVm::spawn(&dir, &["--serial-out", "none", "--stuck-timeout", "0"]);
+    vm.configure_tiny(Path::new(&kernel), None, 2);
+    // Answered once every thread has installed its filter.
+    vm.start();
+    let run = &mut vm.run;
     let tasks = PathBuf::from(format!("/proc/{}/task", run.pid()));
     let mut seen = Vec::new();
     for t in std::fs::read_dir(&tasks).unwrap() {
@@ -130,6 +108,11 @@ fn every_thread_of_a_running_vm_is_filtered() {
             .unwrap();
         assert!(seccomp.ends_with('2'), "{name}: {seccomp}");
         assert!(nnp.ends_with('1'), "{name}: {nnp}");
+        // The test runs as root: the threads started with every capability and dropped them.
+        for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:", "CapBnd:"] {
+            let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+            assert!(line.ends_with("0000000000000000"), "{name}: {line}");
+        }
         seen.push(name);
     }
     seen.sort();
@@ -149,36 +132,15 @@ fn every_thread_of_a_running_vm_is_filtered() {
 fn a_forbidden_call_on_a_vcpu_thread_is_fatal_and_counted_in_metrics() {
     let dir = scratch_dir("seccomp-vcpu");
     let kernel = tiny_kernel(&dir, tiny_guest::SPIN);
-    let filter = filters_without(&dir, "vcpu", "ioctl");
-    let sock = dir.join("api.sock");
+    let filter = filters_without(&dir, "vcpu", "ioctl").display().to_string();
     let metrics = dir.join("metrics.json");
-    let args = [
-        "--api-sock".to_string(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        "none".into(),
-        "--seccomp-filter".into(),
-        filter.display().to_string(),
-    ];
-    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
-    let api = ApiClient::new(&sock);
-    api.wait_ready(Duration::from_secs(10));
-    for (path, body) in [
-        (
-            "/boot-source",
-            format!(r#"{{"kernel_image_path": "{kernel}"}}"#),
-        ),
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
-        ),
-        (
-            "/metrics",
-            format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
-        ),
-    ] {
-        assert_eq!(api.put(path, &body).status, 204, "PUT {path}");
-    }
+    let vm = ApiVm::spawn(&dir, &["--serial-out", "none", "--seccomp-filter", &filter]);
+    vm.configure_tiny(Path::new(&kernel), None, 1);
+    vm.put_ok(
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    let ApiVm { mut run, api } = vm;
     // The reply may or may not arrive before the process dies: KVM_RUN is the vCPU's first ioctl.
     let body = r#"{"action_type": "InstanceStart"}"#;
     let mut s = api.connect();
@@ -221,11 +183,7 @@ fn a_forbidden_call_on_the_api_thread_is_fatal() {
     ];
     let mut run = VmmRun::spawn(&kiln_vmm(), &args);
     // The first connection makes the server accept it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{}", run.transcript());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run.wait_for_socket(&sock, Duration::from_secs(10));
     expect_killed(&mut run, "api", libc::SYS_accept4 as u32);
 }
 

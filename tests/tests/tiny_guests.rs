@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_tests::api_client::ApiClient;
+use kiln_tests::api_vm::ApiVm;
 use kiln_tests::process::VmmRun;
 use kiln_tests::{guest_dir, host_is_pvm, kiln_vmm, scratch_dir, tiny_guest};
 
@@ -181,18 +182,8 @@ fn sigint_stops_a_running_guest_cleanly() {
 #[test]
 fn state_readers_wait_for_the_next_change() {
     let dir = scratch_dir("state-wait");
-    let sock = dir.join("api.sock");
-    let args = [
-        "--api-sock".to_string(),
-        sock.display().to_string(),
-        "--boot-timer".into(),
-        "--linger".into(),
-        "--serial-out".into(),
-        "none".into(),
-    ];
-    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
-    let api = ApiClient::new(&sock);
-    api.wait_ready(Duration::from_secs(10));
+    let mut vm = ApiVm::spawn(&dir, &["--boot-timer", "--linger", "--serial-out", "none"]);
+    let api = &vm.api;
     let state = |path: &str| {
         let r = api.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.body);
@@ -203,24 +194,8 @@ fn state_readers_wait_for_the_next_change() {
         before["state"], "NotStarted",
         "answered at once before boot"
     );
-    let kernel = guest_dir().join("kiln-tiny");
-    for (path, body) in [
-        (
-            "/boot-source",
-            format!(
-                r#"{{"kernel_image_path": "{}", "boot_args": "kiln.action=hold"}}"#,
-                kernel.display()
-            ),
-        ),
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
-        ),
-        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
-    ] {
-        let r = api.put(path, &body);
-        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
-    }
+    vm.configure_tiny(&guest_dir().join("kiln-tiny"), Some("kiln.action=hold"), 1);
+    vm.start();
     // The guest signals the boot timer at once: wait for that change if it is not seen yet.
     let mut now = state("/kiln/v1/state");
     if now["boot_time_us"].is_null() {
@@ -244,6 +219,7 @@ fn state_readers_wait_for_the_next_change() {
     assert_eq!(same["revision"].as_u64(), Some(rev));
 
     // Each change answers a waiting reader at once.
+    let sock = dir.join("api.sock");
     let waiting = |after: u64| {
         let sock = sock.clone();
         std::thread::spawn(move || {
@@ -279,12 +255,14 @@ fn state_readers_wait_for_the_next_change() {
     }
     let end = state("/kiln/v1/state");
     assert_eq!(end["exit"]["reason"], "Reboot", "{end}");
-    run.signal(libc::SIGTERM);
+    vm.run.signal(libc::SIGTERM);
     assert_eq!(
-        run.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()),
+        vm.run
+            .wait_exit(Duration::from_secs(5))
+            .and_then(|s| s.code()),
         Some(0),
         "{}",
-        run.transcript()
+        vm.run.transcript()
     );
 }
 
@@ -331,18 +309,8 @@ fn paths_naming_a_fifo_are_refused_at_once_and_never_block_the_vmm() {
     );
     assert!(t.elapsed() < Duration::from_secs(5));
 
-    let sock = dir.join("api.sock");
-    let args = [
-        "--api-sock".to_string(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        "none".into(),
-        "--stuck-timeout".into(),
-        "0".into(),
-    ];
-    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
-    let api = ApiClient::new(&sock);
-    api.wait_ready(Duration::from_secs(10));
+    let mut vm = ApiVm::spawn(&dir, &["--serial-out", "none", "--stuck-timeout", "0"]);
+    let api = &vm.api;
     let drive = |path: &std::path::Path| {
         format!(
             r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false, "is_read_only": false}}"#,
@@ -366,21 +334,9 @@ fn paths_naming_a_fifo_are_refused_at_once_and_never_block_the_vmm() {
         &format!(r#"{{"kernel_image_path": "{}"}}"#, fifo.display()),
     );
     refused("PUT", "/drives/data", &drive(&fifo));
-    for (path, body) in [
-        (
-            "/boot-source",
-            format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
-        ),
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
-        ),
-        ("/drives/data", drive(&disk)),
-        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
-    ] {
-        let r = api.put(path, &body);
-        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
-    }
+    vm.configure_tiny(&kernel, None, 1);
+    vm.put_ok("/drives/data", &drive(&disk));
+    vm.start();
     refused(
         "PATCH",
         "/drives/data",
@@ -394,12 +350,12 @@ fn paths_naming_a_fifo_are_refused_at_once_and_never_block_the_vmm() {
         api.get("/vm/config").json()["drives"][0]["path_on_host"],
         disk.display().to_string()
     );
-    run.signal(libc::SIGTERM);
-    let status = run.wait_exit(Duration::from_secs(3));
+    vm.run.signal(libc::SIGTERM);
+    let status = vm.run.wait_exit(Duration::from_secs(3));
     assert!(
         status.is_some(),
         "still running 3 s after SIGTERM:\n{}",
-        run.transcript()
+        vm.run.transcript()
     );
 }
 
@@ -413,35 +369,15 @@ fn a_guest_flooding_bad_register_writes_gets_a_few_log_lines_and_a_counter() {
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_guest::pvh_elf(FLOOD)).unwrap();
     let metrics = dir.join("metrics.json");
-    let sock = dir.join("api.sock");
-    let args = [
-        "--api-sock".to_string(),
-        sock.display().to_string(),
-        "--serial-out".into(),
-        "none".into(),
-    ];
-    let mut run = VmmRun::spawn(&kiln_vmm(), &args);
-    let api = ApiClient::new(&sock);
-    api.wait_ready(Duration::from_secs(10));
-    for (path, body) in [
-        (
-            "/boot-source",
-            format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()),
-        ),
-        (
-            "/machine-config",
-            r#"{"vcpu_count": 1, "mem_size_mib": 16}"#.into(),
-        ),
-        ("/entropy", "{}".into()),
-        (
-            "/metrics",
-            format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
-        ),
-        ("/actions", r#"{"action_type": "InstanceStart"}"#.into()),
-    ] {
-        let r = api.put(path, &body);
-        assert_eq!(r.status, 204, "PUT {path}: {}", r.body);
-    }
+    let vm = ApiVm::spawn(&dir, &["--serial-out", "none"]);
+    vm.configure_tiny(&kernel, None, 1);
+    vm.put_ok("/entropy", "{}");
+    vm.put_ok(
+        "/metrics",
+        &format!(r#"{{"metrics_path": "{}"}}"#, metrics.display()),
+    );
+    vm.start();
+    let ApiVm { mut run, api } = vm;
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     while started.elapsed() < Duration::from_secs(3) {

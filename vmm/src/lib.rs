@@ -11,6 +11,7 @@ pub mod cpu_template;
 pub mod device_manager;
 pub mod logger;
 pub mod metrics;
+pub mod privileges;
 pub mod resources;
 pub mod rpc_interface;
 pub mod runtime;

@@ -62,6 +62,8 @@ pub enum SeccompError {
     },
     #[error("installing the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 /// Which filters to use (`--no-seccomp`, `--seccomp-filter FILE`, or the built-in ones).
@@ -98,9 +100,10 @@ impl Filters {
         self.0.is_some()
     }
 
-    /// Installs `kind`'s filter on the calling thread (no-op with `--no-seccomp`). It sets
-    /// `no_new_privs` first, and the filter stays for the thread's life.
+    /// Locks the calling thread down: drops its capabilities and sets `no_new_privs` (also
+    /// with `--no-seccomp`), then installs `kind`'s filter, which stays for the thread's life.
     pub fn install(&self, kind: ThreadKind, thread_name: &str) -> Result<(), SeccompError> {
+        crate::privileges::drop_privileges()?;
         let Some(map) = &self.0 else {
             return Ok(());
         };
@@ -191,6 +194,12 @@ struct Line {
 }
 
 impl Line {
+    fn new() -> Line {
+        Line {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
     fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
@@ -238,10 +247,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         &name[..name_len]
     };
 
-    let mut line = Line {
-        buf: [0; 256],
-        len: 0,
-    };
+    let mut line = Line::new();
     line.push(b"kiln-vmm: seccomp: thread ");
     line.push(thread);
     line.push(b" made system call ");
@@ -250,10 +256,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     line.write_to(2);
     line.write_to(LOG_FD.load(Ordering::Relaxed));
 
-    let mut m = Line {
-        buf: [0; 256],
-        len: 0,
-    };
+    let mut m = Line::new();
     m.push(b"{\"seccomp\":{\"num_faults\":1,\"thread\":\"");
     m.push(thread);
     m.push(b"\",\"syscall\":");

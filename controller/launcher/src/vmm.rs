@@ -49,10 +49,7 @@ impl VmmProcess {
         cmd.arg("--api-sock")
             .arg(socket)
             .args(["--boot-timer", "--linger", "--serial-out", "stdout", "--id"])
-            .arg(id)
-            // Issue 14: kiln-vmm's filters are on by default and tested standalone; the launcher
-            // turns them on once the cluster suite has run under them.
-            .arg("--no-seccomp");
+            .arg(id);
         if let Some((fd, mac)) = nic {
             cmd.arg("--net").arg(format!("fd={fd},mac={mac}"));
             // SAFETY: runs in the forked child before exec, where it only clears close-on-exec

@@ -332,6 +332,39 @@ pub fn only_the_controller_reaches_a_launcher(c: &Cluster) {
     );
     assert_eq!(setup["securityContext"]["capabilities"]["drop"][0], "ALL");
 
+    // The processes themselves: kiln-vmm runs under its seccomp filters with no_new_privs and
+    // no capability left; the launcher holds at most NET_BIND_SERVICE, and cannot gain more.
+    let processes = c.pod_processes(&ns, &pod);
+    let field = |status: &str, name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let vmm = processes
+        .iter()
+        .find(|(comm, _)| comm == "kiln-vmm")
+        .unwrap_or_else(|| panic!("no kiln-vmm process in pod {pod}: {processes:?}"));
+    assert_eq!(field(&vmm.1, "Seccomp:"), "2", "kiln-vmm:\n{}", vmm.1);
+    assert_eq!(field(&vmm.1, "NoNewPrivs:"), "1", "kiln-vmm:\n{}", vmm.1);
+    for set in ["CapEff:", "CapPrm:", "CapAmb:"] {
+        assert_eq!(
+            field(&vmm.1, set),
+            "0000000000000000",
+            "kiln-vmm {set}\n{}",
+            vmm.1
+        );
+    }
+    let launcher = processes
+        .iter()
+        .find(|(comm, _)| comm == "kiln-launcher")
+        .unwrap_or_else(|| panic!("no kiln-launcher process in pod {pod}: {processes:?}"));
+    assert_eq!(field(&launcher.1, "NoNewPrivs:"), "1", "{}", launcher.1);
+    // CAP_NET_BIND_SERVICE is bit 10.
+    let effective = u64::from_str_radix(&field(&launcher.1, "CapEff:"), 16).unwrap_or(u64::MAX);
+    assert_eq!(effective & !(1 << 10), 0, "kiln-launcher:\n{}", launcher.1);
+
     // The controller's metrics, from the leading replica.
     let leader = c.field(
         "kiln-system",

@@ -57,9 +57,6 @@ pub struct RuntimeController {
 
 impl RuntimeController {
     pub fn new(mut api: RuntimeApi, vm: VmHandles) -> Self {
-        if let Some(reply) = api.start_reply.take() {
-            let _ = reply.send(ApiResponse::no_content());
-        }
         let metrics_timer = TimerFd::new().ok().and_then(|mut t| {
             t.reset(METRICS_PERIOD, Some(METRICS_PERIOD)).ok()?;
             Some(t)
@@ -71,6 +68,13 @@ impl RuntimeController {
             state: RunState::Running,
             metrics_timer,
             wait_timer: TimerFd::new().ok(),
+        }
+    }
+
+    /// Answers the pending InstanceStart: the vCPUs run, every thread under its filter.
+    pub fn answer_start(&mut self) {
+        if let Some(reply) = self.api.start_reply.take() {
+            let _ = reply.send(ApiResponse::no_content());
         }
     }
 

@@ -185,6 +185,9 @@ pub fn run_vm(
         stop_vcpus(&stop, threads);
         return Err(e.into());
     }
+    if let Some(Ok(mut c)) = controller.as_ref().map(|c| c.lock()) {
+        c.answer_start();
+    }
     let outcome = loop {
         if let Some(outcome) = exits.outcome() {
             break outcome;
