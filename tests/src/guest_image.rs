@@ -76,9 +76,17 @@ pub fn sha256_file(path: &Path) -> String {
         .arg(path)
         .output()
         .expect("running sha256sum");
-    String::from_utf8_lossy(&out.stdout)
+    let digest = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
         .unwrap_or_default()
-        .to_owned()
+        .to_owned();
+    // Never "" (which every string ends with, and which would then match anything).
+    assert!(
+        out.status.success() && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "sha256sum {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    digest
 }

@@ -23,19 +23,24 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The kiln-vmm binary: `$KILN_VMM`, else `target/release/kiln-vmm`, else `target/debug/kiln-vmm`.
+/// The kiln-vmm binary: `$KILN_VMM`, else the one Cargo built beside this test (the same
+/// target folder, `CARGO_TARGET_DIR` included, and the same profile: `cargo test --workspace`
+/// builds it there).
 pub fn kiln_vmm() -> PathBuf {
     if let Some(p) = std::env::var_os("KILN_VMM") {
         return PathBuf::from(p);
     }
-    let root = workspace_root();
-    for profile in ["release", "debug"] {
-        let p = root.join("target").join(profile).join("kiln-vmm");
-        if p.is_file() {
-            return p;
-        }
+    // A test binary lives in <target>/<profile>/deps/.
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("kiln-vmm")));
+    match beside {
+        Some(p) if p.is_file() => p,
+        other => panic!(
+            "kiln-vmm is not built beside this test ({other:?}): run `cargo test --workspace` \
+             (or `cargo build` with the same profile), or set KILN_VMM"
+        ),
     }
-    panic!("kiln-vmm is not built: run `cargo build --release -p vmm` or set KILN_VMM");
 }
 
 /// Folder with the guest artefacts (vmlinux, bzImage, initramfs.cpio, ...): `$KILN_GUEST_DIR`,

@@ -295,7 +295,7 @@ fn persistent_volume_claims_bind_and_keep_data(dir: &Path) {
     let volume = parts[2];
     let folder = kubectl(
         dir,
-        &["get", "pv", volume, "-o", "jsonpath={.spec.hostPath.path}"],
+        &["get", "pv", volume, "-o", "jsonpath={.spec.local.path}"],
     );
     assert!(
         folder.starts_with(&dir.join("volumes").display().to_string()),

@@ -34,6 +34,17 @@ fn expect_line(run: &mut VmmRun, needle: &str) {
     );
 }
 
+/// As `expect_line`, and the line is exactly `line` ("KILN_CPUS_ONLINE 0" is not "... 0-1").
+fn expect_exact_line(run: &mut VmmRun, line: &str) {
+    let found = run.wait_for_line(line, BOOT_LIMIT);
+    assert_eq!(
+        found.as_ref().map(|l| l.text.trim()),
+        Some(line),
+        "{}",
+        run.transcript()
+    );
+}
+
 fn expect_exit(run: &mut VmmRun, code: i32, message: &str) {
     let status = run
         .wait_exit(Duration::from_secs(60))
@@ -63,7 +74,7 @@ fn vmlinux_boots_to_user_space_spins_and_powers_off() {
         Some(Stream::Stdout),
         "the console is on stdout"
     );
-    expect_line(&mut run, "KILN_CPUS_ONLINE 0");
+    expect_exact_line(&mut run, "KILN_CPUS_ONLINE 0");
     // The init wrote 123 to the boot-timer page after printing the marker.
     expect_line(&mut run, "guest boot time: ");
     expect_line(&mut run, "KILN_SPINNING");
@@ -85,7 +96,7 @@ fn vmlinux_boots_to_user_space_spins_and_powers_off() {
 fn two_vcpus_boot_and_guest_reboot_ends_the_vmm() {
     let mut run = boot("vmlinux", "kiln.action=reboot", &["--vcpus", "2"]);
     expect_line(&mut run, MARKER);
-    expect_line(&mut run, "KILN_CPUS_ONLINE 0-1");
+    expect_exact_line(&mut run, "KILN_CPUS_ONLINE 0-1");
     expect_exit(&mut run, 0, "guest rebooted");
 }
 

@@ -181,10 +181,13 @@ fn kill_9_after_fsync_loses_nothing() {
 /// times). Where guest ring 0 is emulated (kvm_pvm) TCP into the guest runs at 0.05–0.17 MB/s
 /// under any VMM, QEMU included: one to three minutes.
 fn net_test_mib() -> usize {
-    std::env::var("KILN_NET_TEST_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8)
+    let Ok(v) = std::env::var("KILN_NET_TEST_MIB") else {
+        return 8;
+    };
+    match v.parse() {
+        Ok(mib) if mib > 0 => mib,
+        _ => panic!("KILN_NET_TEST_MIB={v:?}: give a whole number of MiB, at least 1"),
+    }
 }
 /// MiB sent guest → host.
 const NET_BACK_MIB: usize = 4;

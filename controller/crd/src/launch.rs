@@ -87,6 +87,12 @@ pub enum ProbeCheck {
 
 /// The TAP device the network setup creates in the pod; the launcher hands it to kiln-vmm.
 pub const TAP_NAME: &str = "tap0";
+/// The user and group a launcher pod runs as (KubeVirt's `qemu`, 107; the importer's too): the
+/// network setup, which alone runs as root, leaves the TAP owned by it.
+pub const LAUNCHER_UID: u32 = 107;
+/// The lowest port a launcher may bind without a capability (the pod's own network
+/// namespace): the DHCP server's 67.
+pub const LAUNCHER_UNPRIVILEGED_PORT_START: u16 = 67;
 /// The pod's own interface (the CNI's).
 pub const POD_INTERFACE: &str = "eth0";
 /// The bridge joining eth0 and the TAP under the bridge binding.

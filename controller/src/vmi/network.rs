@@ -119,7 +119,14 @@ pub fn setup_container(
             },
         ]),
         resources: Some(resources),
-        security_context: Some(with_capabilities(&["NET_ADMIN"])),
+        // The one container that runs as root (NET_ADMIN is effective only for root without
+        // ambient capabilities); it ends before the guest starts.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            ..with_capabilities(&["NET_ADMIN"])
+        }),
         ..Default::default()
     }
 }

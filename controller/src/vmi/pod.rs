@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, LocalObjectReference,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SecretVolumeSource, SecurityContext, Volume, VolumeDevice, VolumeMount,
+    ResourceRequirements, SecretVolumeSource, SecurityContext, Sysctl, Volume, VolumeDevice,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -474,12 +475,9 @@ pub fn render(
         }),
         volume_mounts: Some(mounts),
         volume_devices: (!devices.is_empty()).then_some(devices),
-        // The DHCP server binds port 67 on the TAP (as KubeVirt's compute container).
-        security_context: Some(with_capabilities(if networked {
-            &["NET_BIND_SERVICE"]
-        } else {
-            &[]
-        })),
+        // Non-root and without capabilities: the DHCP server's port 67 is unprivileged in the
+        // pod's network namespace (the pod's sysctl below).
+        security_context: Some(restricted()),
         ..Default::default()
     };
 
@@ -495,11 +493,7 @@ pub fn render(
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
             service_account_name: Some(LAUNCHER_SERVICE_ACCOUNT.into()),
-            // Disks a DataVolume's importer wrote are its user's (107, mode 0660).
-            security_context: Some(PodSecurityContext {
-                supplemental_groups: Some(vec![crate::datavolume::pod::IMPORTER_UID]),
-                ..Default::default()
-            }),
+            security_context: Some(launcher_pod_security(networked)),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(grace + GRACE_PADDING_SECONDS),
@@ -553,6 +547,28 @@ pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 /// No privilege escalation, no capabilities, a read-only root filesystem.
 fn restricted() -> SecurityContext {
     with_capabilities(&[])
+}
+
+/// Every container runs as the launcher's user (107, as KubeVirt's non-root launcher) unless it
+/// says otherwise (only the network setup does). Volumes are made the group's (`fsGroup`), so
+/// disks written by other pods' users are writable; the runtime gives `/dev/kvm`, the TAP and
+/// block volumes to the same user (containerd's `device_ownership_from_security_context`).
+fn launcher_pod_security(networked: bool) -> PodSecurityContext {
+    let id = i64::from(LAUNCHER_UID);
+    PodSecurityContext {
+        run_as_user: Some(id),
+        run_as_group: Some(id),
+        run_as_non_root: Some(true),
+        fs_group: Some(id),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        sysctls: networked.then(|| {
+            vec![Sysctl {
+                name: "net.ipv4.ip_unprivileged_port_start".into(),
+                value: LAUNCHER_UNPRIVILEGED_PORT_START.to_string(),
+            }]
+        }),
+        ..Default::default()
+    }
 }
 
 fn small_resources() -> ResourceRequirements {

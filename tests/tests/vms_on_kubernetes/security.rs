@@ -315,12 +315,17 @@ pub fn only_the_controller_reaches_a_launcher(c: &Cluster) {
         "only the control port"
     );
     assert_eq!(compute["resources"]["limits"]["devices.kiln.dev/kvm"], "1");
-    // The default pod network: the launcher holds only NET_BIND_SERVICE (its DHCP server);
-    // NET_ADMIN is the network init container's, which has ended before the guest starts.
+    // The default pod network: the launcher holds no capability (its DHCP server's port 67 is
+    // unprivileged in the pod's namespace); NET_ADMIN is the network init container's, the one
+    // that runs as root, and it has ended before the guest starts.
     assert_eq!(
         compute["securityContext"]["capabilities"]["add"],
-        serde_json::json!(["NET_BIND_SERVICE"])
+        serde_json::Value::Null
     );
+    let psc = &s["securityContext"];
+    assert_eq!(psc["runAsUser"], 107, "{psc}");
+    assert_eq!(psc["runAsNonRoot"], true, "{psc}");
+    assert_eq!(psc["fsGroup"], 107, "{psc}");
     assert_eq!(compute["resources"]["limits"]["devices.kiln.dev/tun"], "1");
     let setup = s["initContainers"]
         .as_array()
@@ -332,8 +337,8 @@ pub fn only_the_controller_reaches_a_launcher(c: &Cluster) {
     );
     assert_eq!(setup["securityContext"]["capabilities"]["drop"][0], "ALL");
 
-    // The processes themselves: kiln-vmm runs under its seccomp filters with no_new_privs and
-    // no capability left; the launcher holds at most NET_BIND_SERVICE, and cannot gain more.
+    // The processes themselves run as 107: kiln-vmm under its seccomp filters with no_new_privs
+    // and no capability; the launcher with no capability either, and it cannot gain any.
     let processes = c.pod_processes(&ns, &pod);
     let field = |status: &str, name: &str| -> String {
         status
@@ -361,9 +366,25 @@ pub fn only_the_controller_reaches_a_launcher(c: &Cluster) {
         .find(|(comm, _)| comm == "kiln-launcher")
         .unwrap_or_else(|| panic!("no kiln-launcher process in pod {pod}: {processes:?}"));
     assert_eq!(field(&launcher.1, "NoNewPrivs:"), "1", "{}", launcher.1);
-    // CAP_NET_BIND_SERVICE is bit 10.
-    let effective = u64::from_str_radix(&field(&launcher.1, "CapEff:"), 16).unwrap_or(u64::MAX);
-    assert_eq!(effective & !(1 << 10), 0, "kiln-launcher:\n{}", launcher.1);
+    assert_eq!(
+        field(&launcher.1, "CapEff:"),
+        "0000000000000000",
+        "{}",
+        launcher.1
+    );
+    for (comm, status) in [vmm, launcher] {
+        // Uid: real, effective, saved, filesystem.
+        assert_eq!(
+            field(status, "Uid:"),
+            "107\t107\t107\t107",
+            "{comm}:\n{status}"
+        );
+        assert_eq!(
+            field(status, "Gid:"),
+            "107\t107\t107\t107",
+            "{comm}:\n{status}"
+        );
+    }
 
     // The controller's metrics, from the leading replica.
     let leader = c.field(

@@ -58,10 +58,8 @@ pub fn addresses(net: &LaunchNetwork) -> Result<(Ipv4Addr, Ipv4Addr, u8), Networ
 
 /// Sets up the pod's network for the guest (the init container's whole job).
 pub async fn setup(net: &LaunchNetwork, run_dir: &std::path::Path) -> Result<(), NetworkError> {
-    // SAFETY: getuid(2) cannot fail.
-    let uid = unsafe { libc::getuid() };
     let tap = Tap::open_named(TAP_NAME).map_err(|e| NetworkError::Tap(e.to_string()))?;
-    tap.persist(uid)
+    tap.persist(kiln_crd::launch::LAUNCHER_UID)
         .map_err(|e| NetworkError::Tap(e.to_string()))?;
     drop(tap);
 

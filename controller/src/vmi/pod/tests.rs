@@ -91,6 +91,19 @@ fn diskless_vmi_boots_kiln_kernel_and_initramfs_without_init_containers() {
     let sc = compute.security_context.as_ref().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let psc = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        psc.run_as_user,
+        Some(107),
+        "the launcher runs as KubeVirt's qemu user"
+    );
+    assert_eq!(psc.sysctls, None, "no network, no DHCP port");
 }
 
 #[test]
@@ -305,10 +318,32 @@ fn a_vmi_without_networks_gets_a_masquerade_nic_and_the_network_init_container()
         .capabilities
         .as_ref()
         .unwrap();
+    assert_eq!(caps.add, None, "the compute container holds no capability");
     assert_eq!(
-        caps.add.as_deref(),
-        Some(&["NET_BIND_SERVICE".to_string()][..])
+        setup.security_context.as_ref().unwrap().run_as_user,
+        Some(0),
+        "only the network setup runs as root"
     );
+    let psc = r
+        .pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (
+            psc.run_as_user,
+            psc.run_as_group,
+            psc.fs_group,
+            psc.run_as_non_root
+        ),
+        (Some(107), Some(107), Some(107), Some(true))
+    );
+    let sysctls = psc.sysctls.as_ref().unwrap();
+    assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+    assert_eq!(sysctls[0].value, "67", "the DHCP server's port");
     for c in [setup, compute] {
         let res = c.resources.as_ref().unwrap();
         assert_eq!(

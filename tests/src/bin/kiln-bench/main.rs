@@ -154,7 +154,14 @@ fn boot_once(program: &Path, args: &[String], t_spawn_mono: &mut f64) -> BootSam
             run.transcript()
         )
     });
-    run.wait_exit(Duration::from_secs(120));
+    // A VMM that hangs after the marker is a failure, not a long exit time.
+    if run.wait_exit(Duration::from_secs(120)).is_none() {
+        panic!(
+            "{} did not exit within 120 s after the marker:\n{}",
+            program.display(),
+            run.transcript()
+        );
+    }
     let exit = run.spawned.elapsed().as_secs_f64();
     let first_insn_ms = run
         .seen
@@ -339,16 +346,26 @@ fn bench_overhead(args: &[String]) {
         .map(|s| s.to_string())
         .collect();
     let q_args = qemu_args(&["-kernel", &elf]);
-    let time = |program: &Path, a: &[String]| {
+    // Only a run that ended the way the guest asked counts: kiln-vmm exits with the value
+    // written (0); QEMU's isa-debug-exit with (value << 1) | 1.
+    let time = |program: &Path, a: &[String], want: i32| {
         let mut run = VmmRun::spawn(program, a);
-        run.wait_exit(Duration::from_secs(30))
+        let status = run
+            .wait_exit(Duration::from_secs(30))
             .unwrap_or_else(|| panic!("{} did not exit:\n{}", program.display(), run.transcript()));
+        assert_eq!(
+            status.code(),
+            Some(want),
+            "{} ended with {status}, not the guest's exit:\n{}",
+            program.display(),
+            run.transcript()
+        );
         run.spawned.elapsed().as_secs_f64() * 1e3
     };
     let (mut k, mut q) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        k.push(time(&kiln, &k_args));
-        q.push(time(&qemu, &q_args));
+        k.push(time(&kiln, &k_args, 0));
+        q.push(time(&qemu, &q_args, 1));
     }
     println!("VMM overhead: spawn -> guest writes the exit port at its first instruction -> process reaped");
     println!("{runs} runs each, alternating; 128 MiB, 1 vCPU (milliseconds)");
