@@ -34,6 +34,13 @@ fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
+fn pod_security(pod: &Pod) -> &PodSecurityContext {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .expect("the pod's security context")
+}
+
 #[test]
 fn diskless_vmi_boots_kiln_kernel_and_initramfs_without_init_containers() {
     let v = vmi(serde_json::json!({"domain": {"memory": {"guest": "128Mi"},
@@ -91,13 +98,7 @@ fn diskless_vmi_boots_kiln_kernel_and_initramfs_without_init_containers() {
     let sc = compute.security_context.as_ref().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
-    let psc = pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .security_context
-        .as_ref()
-        .unwrap();
+    let psc = pod_security(pod);
     assert_eq!(
         psc.run_as_user,
         Some(107),
@@ -324,14 +325,7 @@ fn a_vmi_without_networks_gets_a_masquerade_nic_and_the_network_init_container()
         Some(0),
         "only the network setup runs as root"
     );
-    let psc = r
-        .pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .security_context
-        .as_ref()
-        .unwrap();
+    let psc = pod_security(&r.pod);
     assert_eq!(
         (
             psc.run_as_user,
