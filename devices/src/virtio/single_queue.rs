@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::Chain;
-use super::queue_loop::process_queue;
+use super::queue_loop::{process_queue, Drained, CHAINS_PER_WAKEUP};
 use super::{ActivateError, Activation, VirtioDevice, VirtioInterrupt, QUEUE_SIZE};
 
 /// What makes a single-queue device what it is.
@@ -75,21 +75,33 @@ impl<H: RequestHandler> SingleQueueDevice<H> {
             return;
         };
         let handler = &mut self.handler;
-        let result = process_queue(queue, mem, interrupt, |chain| {
-            match Chain::parse(chain, mem, H::MAX_REQUEST_BYTES) {
-                Ok(chain) => handler.handle(&chain, mem),
-                Err(e) => {
-                    crate::guest_warn!("{}: bad descriptor chain: {e}", H::NAME);
-                    0
-                }
-            }
-        });
-        if let Err(e) = result {
-            crate::guest_warn!(
-                "{}: queue is broken, device stops until reset: {e}",
-                H::NAME
+        let result =
+            process_queue(
+                queue,
+                mem,
+                interrupt,
+                CHAINS_PER_WAKEUP,
+                |chain| match Chain::parse(chain, mem, H::MAX_REQUEST_BYTES) {
+                    Ok(chain) => handler.handle(&chain, mem),
+                    Err(e) => {
+                        crate::guest_warn!("{}: bad descriptor chain: {e}", H::NAME);
+                        0
+                    }
+                },
             );
-            self.active = None;
+        match result {
+            Ok(Drained::All) => {}
+            // The rest on the event loop's next turn, after whatever else is ready.
+            Ok(Drained::BudgetSpent) => {
+                let _ = self.queue_events[0].write(1);
+            }
+            Err(e) => {
+                crate::guest_warn!(
+                    "{}: queue is broken, device stops until reset: {e}",
+                    H::NAME
+                );
+                self.active = None;
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::rx::{receive, RxFrame};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::virtio::chain::{iovecs, Chain};
-use crate::virtio::queue_loop::process_queue;
+use crate::virtio::queue_loop::{process_queue, Drained, CHAINS_PER_WAKEUP};
 use crate::virtio::{
     ActivateError, Activation, VirtioDevice, VirtioInterrupt, COMMON_FEATURES, QUEUE_SIZE,
 };
@@ -155,16 +155,30 @@ impl Net {
             return;
         };
         let (tap, mem) = (&self.tap, &active.mem);
-        let result = process_queue(&mut active.queues[TX], mem, &active.interrupt, |chain| {
-            match Chain::parse(chain, mem, MAX_FRAME_BYTES) {
-                Ok(chain) => send_from(tap, &chain, mem),
-                Err(e) => crate::guest_warn!("virtio-net: bad tx descriptor chain: {e}"),
+        let budget = CHAINS_PER_WAKEUP;
+        let result = process_queue(
+            &mut active.queues[TX],
+            mem,
+            &active.interrupt,
+            budget,
+            |chain| {
+                match Chain::parse(chain, mem, MAX_FRAME_BYTES) {
+                    Ok(chain) => send_from(tap, &chain, mem),
+                    Err(e) => crate::guest_warn!("virtio-net: bad tx descriptor chain: {e}"),
+                }
+                0
+            },
+        );
+        match result {
+            Ok(Drained::All) => {}
+            // The rest on the event loop's next turn, after whatever else is ready.
+            Ok(Drained::BudgetSpent) => {
+                let _ = self.queue_events[TX].write(1);
             }
-            0
-        });
-        if let Err(e) = result {
-            crate::guest_warn!("virtio-net: tx queue is broken, device stops until reset: {e}");
-            self.active = None;
+            Err(e) => {
+                crate::guest_warn!("virtio-net: tx queue is broken, device stops until reset: {e}");
+                self.active = None;
+            }
         }
     }
 }
