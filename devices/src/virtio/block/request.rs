@@ -96,7 +96,8 @@ fn execute(chain: &Chain, mem: &GuestMemoryMmap, disk: &DiskImage) -> Result<u32
             if disk.read_only() || !all(false) {
                 return Err(VIRTIO_BLK_S_IOERR);
             }
-            punch_ranges(mem, disk, data, data_len)?;
+            let must_zero = ty == VIRTIO_BLK_T_WRITE_ZEROES;
+            punch_ranges(mem, disk, data, data_len, must_zero)?;
             Ok(0)
         }
         other => {
@@ -131,6 +132,7 @@ fn punch_ranges(
     disk: &DiskImage,
     data: &[Segment],
     data_len: u64,
+    must_zero: bool,
 ) -> Result<(), u32> {
     if data.len() != 1
         || !data_len.is_multiple_of(RANGE_LEN)
@@ -150,7 +152,7 @@ fn punch_ranges(
         }
         let len = u64::from(count) * SECTOR_SIZE;
         let offset = check_range(disk, sector, len)?;
-        disk.punch_hole(offset, len).map_err(io_error)?;
+        disk.punch_hole(offset, len, must_zero).map_err(io_error)?;
     }
     Ok(())
 }
