@@ -262,9 +262,22 @@ impl VmmRun {
 
 impl Drop for VmmRun {
     fn drop(&mut self) {
-        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+        let ended = self.status.is_some() || !matches!(self.child.try_wait(), Ok(None));
+        if !ended {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // A failing test shows what its kiln-vmm said (a seccomp kill, a refused flag), even
+        // when the assertion that failed was about something else.
+        if thread::panicking() {
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(line);
+            }
+            eprintln!(
+                "--- kiln-vmm (pid {}) output:\n{}",
+                self.child.id(),
+                self.transcript()
+            );
         }
     }
 }

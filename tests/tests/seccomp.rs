@@ -210,3 +210,25 @@ fn a_bad_filter_file_is_a_clear_error() {
         run.transcript()
     );
 }
+
+/// Large request bodies grow and then shrink the API thread's heap: with glibc's per-thread
+/// arenas the first shrink opened /proc/sys/vm/overcommit_memory under the filter and killed
+/// kiln-vmm (seen as a flaky api_robustness run). One arena never does.
+#[test]
+fn large_request_bodies_on_the_api_thread_stay_inside_its_filter() {
+    let dir = scratch_dir("seccomp-big-bodies");
+    let vm = ApiVm::spawn(&dir, &["--http-api-max-payload-size", "1000000"]);
+    for pad in [70_000, 100_000, 120_000, 100_000, 500_000, 90_000] {
+        let body = format!(
+            r#"{{"vcpu_count": 1, "mem_size_mib": 128{}}}"#,
+            " ".repeat(pad)
+        );
+        vm.put_ok("/machine-config", &body);
+    }
+    assert_eq!(
+        vm.api.get("/machine-config").status,
+        200,
+        "{}",
+        vm.run.transcript()
+    );
+}

@@ -93,6 +93,7 @@ impl Filters {
         };
         let map = compile(&origin, &json)?;
         install_sigsys_handler()?;
+        one_malloc_arena();
         Ok(Filters(Some(Arc::new(map))))
     }
 
@@ -112,13 +113,25 @@ impl Filters {
             kind: kind.key(),
         })?;
         set_thread_name(thread_name);
-        // The thread's first allocation makes its malloc arena, and glibc reads
-        // /proc/sys/vm/overcommit_memory for that: do it now, not under the filter.
+        // The thread's first allocation (its thread cache, and an arena where there are more
+        // than one): before the filter, not under it.
         drop(std::hint::black_box(Vec::<u8>::with_capacity(64)));
         seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
             kind: kind.key(),
             source,
         })
+    }
+}
+
+/// glibc gives threads arenas of their own, and the first time one of those shrinks (a freed
+/// request body of 64 KiB or more on the API thread) it opens /proc/sys/vm/overcommit_memory:
+/// an `openat` no filter allows. One arena for the process (the main one, trimmed with `brk`)
+/// never does. kiln-vmm has a handful of threads, so they hardly contend for it; musl, which
+/// Firecracker builds with, has a single heap anyway.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+        tracing::warn!("cannot limit malloc to one arena; a thread's heap trim may trip seccomp");
     }
 }
 
