@@ -152,42 +152,31 @@ impl DiskImage {
     /// data stay) does nothing, and a write-zeroes tries FALLOC_FL_ZERO_RANGE before it writes
     /// zeros: a guest's 32 × 2 GiB discard never rewrites the image on the event loop.
     pub fn punch_hole(&self, offset: u64, len: u64, must_zero: bool) -> io::Result<()> {
-        let (off, l) = match (i64::try_from(offset), i64::try_from(len)) {
-            (Ok(o), Ok(l)) => (o, l),
-            _ => return Err(io::Error::from_raw_os_error(libc::EOVERFLOW)),
-        };
-        // SAFETY: fallocate on a file descriptor we own; no memory is involved.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                l,
-            )
-        };
-        if r == 0 {
-            return Ok(());
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        match self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | keep, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            done => return done,
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(e);
-        }
-        if !must_zero {
-            return Ok(());
-        }
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                l,
-            )
-        };
-        if r == 0 {
+        if !must_zero
+            || self
+                .fallocate(libc::FALLOC_FL_ZERO_RANGE | keep, offset, len)
+                .is_ok()
+        {
             return Ok(());
         }
         self.write_zeros(offset, len)
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+        };
+        // SAFETY: fallocate on a file descriptor we own; no memory is involved.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, l) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn write_zeros(&self, mut offset: u64, len: u64) -> io::Result<()> {
