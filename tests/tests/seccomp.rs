@@ -40,6 +40,19 @@ fn flags_vm(kernel: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Runs the tiny guest `kernel` with `extra` flags; expects exit status `code` within 10 s.
+fn expect_exit(kernel: &str, extra: &[&str], code: i32) -> VmmRun {
+    let mut run = VmmRun::spawn(&kiln_vmm(), &flags_vm(kernel, extra));
+    let status = run.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(code),
+        "{}",
+        run.transcript()
+    );
+    run
+}
+
 fn expect_killed(run: &mut VmmRun, thread: &str, syscall: u32) {
     let status = run.wait_exit(Duration::from_secs(10));
     assert_eq!(
@@ -56,23 +69,13 @@ fn expect_killed(run: &mut VmmRun, thread: &str, syscall: u32) {
 fn the_built_in_filters_are_on_by_default_and_a_vm_runs_under_them() {
     let dir = scratch_dir("seccomp-default");
     let kernel = tiny_kernel(&dir, &tiny_guest::debug_exit(42));
-    let mut run = VmmRun::spawn(&kiln_vmm(), &flags_vm(&kernel, &[]));
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(42)
-    );
+    let run = expect_exit(&kernel, &[], 42);
     assert!(
         !run.stderr().contains("seccomp filters are off"),
         "{}",
         run.transcript()
     );
-    let mut off = VmmRun::spawn(&kiln_vmm(), &flags_vm(&kernel, &["--no-seccomp"]));
-    assert_eq!(
-        off.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(42)
-    );
+    let off = expect_exit(&kernel, &["--no-seccomp"], 42);
     assert!(
         off.stderr().contains("seccomp filters are off"),
         "{}",
@@ -198,12 +201,7 @@ fn a_bad_filter_file_is_a_clear_error() {
     )
     .unwrap();
     let p = partial.display().to_string();
-    let mut run = VmmRun::spawn(&kiln_vmm(), &flags_vm(&kernel, &["--seccomp-filter", &p]));
-    assert_eq!(
-        run.wait_exit(Duration::from_secs(10))
-            .and_then(|s| s.code()),
-        Some(1)
-    );
+    let run = expect_exit(&kernel, &["--seccomp-filter", &p], 1);
     assert!(
         run.stderr().contains("has no filter for the vcpu threads"),
         "{}",

@@ -207,11 +207,19 @@ struct Line {
 }
 
 impl Line {
-    fn new() -> Line {
-        Line {
+    /// `before`, the thread's name, `between`, the call's number, `after`: the one shape both
+    /// reports (the log line and the metrics record) have.
+    fn report(before: &[u8], thread: &[u8], between: &[u8], number: u64, after: &[u8]) -> Line {
+        let mut line = Line {
             buf: [0; 256],
             len: 0,
-        }
+        };
+        line.push(before);
+        line.push(thread);
+        line.push(between);
+        line.push_number(number);
+        line.push(after);
+        line
     }
     fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.buf.len() - self.len);
@@ -260,22 +268,23 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         &name[..name_len]
     };
 
-    let mut line = Line::new();
-    line.push(b"kiln-vmm: seccomp: thread ");
-    line.push(thread);
-    line.push(b" made system call ");
-    line.push_number(syscall as u64);
-    line.push(b", which its filter does not allow; exiting with status 148\n");
+    let line = Line::report(
+        b"kiln-vmm: seccomp: thread ",
+        thread,
+        b" made system call ",
+        syscall as u64,
+        b", which its filter does not allow; exiting with status 148\n",
+    );
     line.write_to(2);
     line.write_to(LOG_FD.load(Ordering::Relaxed));
-
-    let mut m = Line::new();
-    m.push(b"{\"seccomp\":{\"num_faults\":1,\"thread\":\"");
-    m.push(thread);
-    m.push(b"\",\"syscall\":");
-    m.push_number(syscall as u64);
-    m.push(b"}}\n");
-    m.write_to(METRICS_FD.load(Ordering::Relaxed));
+    Line::report(
+        b"{\"seccomp\":{\"num_faults\":1,\"thread\":\"",
+        thread,
+        b"\",\"syscall\":",
+        syscall as u64,
+        b"}}\n",
+    )
+    .write_to(METRICS_FD.load(Ordering::Relaxed));
     // SAFETY: _exit is async-signal-safe and ends the whole process.
     unsafe { libc::_exit(EXIT_BAD_SYSCALL) };
 }
